@@ -1,0 +1,257 @@
+/**
+ * \file protocol.h
+ * \brief The sonar wire protocol: subjects and JSON messages, encoded and
+ *        decoded with validation at the boundary. See docs/protocol.md.
+ *
+ * Every message is a JSON object with a `type` of the form
+ * `sonar.<kind>.v<major>`. Decoders ignore unknown fields, refuse an
+ * unknown kind or a major version other than 1 with `SONAR_ERR_VERSION`,
+ * and refuse malformed JSON, missing or mistyped fields, bad names and
+ * oversized values with `SONAR_ERR_PROTOCOL` (or `SONAR_ERR_INVALID` for a
+ * name that breaks the name rule); sonar_last_error() then names the field
+ * and the reason.
+ *
+ * Value structs: each message struct is a plain public struct. Strings and
+ * arrays in a decoded struct are owned by it ("new"): release them with the
+ * matching `_finish`, which also accepts a zeroed struct. Encoders never
+ * modify their input. `_finish` is idempotent: it zeroes the struct.
+ *
+ * Thread-safety: all functions are reentrant; a struct must not be used by
+ * two threads at once.
+ */
+#ifndef SONAR_PROTOCOL_H
+#define SONAR_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "sonar/status.h"
+#include "sonar/util.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Subjects ---------------------------------------------------------- */
+
+#define SONAR_SUBJ_REGISTER_PREFIX "sonar.register."  /**< + service */
+#define SONAR_SUBJ_LEAVE_PREFIX    "sonar.leave."     /**< + service */
+#define SONAR_SUBJ_DISCOVER        "sonar.discover"
+#define SONAR_SUBJ_CHECK_PREFIX    "sonar.check."     /**< + changed service */
+#define SONAR_SUBJ_RESULT_PREFIX   "sonar.result."    /**< + change_id + "." + responder */
+#define SONAR_SUBJ_CHANGE_PREFIX   "sonar.change."    /**< + service */
+#define SONAR_SUBJ_REPORT_PREFIX   "sonar.report."    /**< + service */
+
+/* ---- Limits (decoders refuse anything larger) -------------------------- */
+
+#define SONAR_MAX_MESSAGE_BYTES   (512 * 1024) /**< whole message */
+#define SONAR_MAX_TEXT_BYTES      256          /**< version, instance, check names */
+#define SONAR_MAX_ADDRESS_BYTES   2048         /**< address, health, metrics URLs */
+#define SONAR_MAX_MESSAGE_TEXT    4096         /**< a check's message, an error message, a reason */
+#define SONAR_MAX_LIST            1024         /**< depends_on, checks per dependency, results */
+#define SONAR_MAX_TIMEOUT_MS      (10 * 60 * 1000)
+
+/** Message kinds, decoded from `type`. */
+typedef enum sonar_msg_kind {
+    SONAR_MSG_UNKNOWN = 0,
+    SONAR_MSG_REGISTER,  /**< sonar.register.v1 */
+    SONAR_MSG_LEAVE,     /**< sonar.leave.v1 */
+    SONAR_MSG_DISCOVER,  /**< sonar.discover.v1 */
+    SONAR_MSG_CHECK,     /**< sonar.check.v1 */
+    SONAR_MSG_RESULT,    /**< sonar.result.v1 */
+    SONAR_MSG_CHANGE,    /**< sonar.change.v1 */
+    SONAR_MSG_REPORT,    /**< sonar.report.v1 */
+    SONAR_MSG_ERROR,     /**< sonar.error.v1 */
+} sonar_msg_kind;
+
+/**
+ * \brief Reads only the `type` of \p data and maps it to a kind.
+ * \param out_kind written on success.
+ * \return SONAR_OK; SONAR_ERR_PROTOCOL for non-JSON or a missing/non-string
+ *         type; SONAR_ERR_VERSION for an unknown kind or major version.
+ */
+sonar_status sonar_msg_peek(const char *data, size_t len, sonar_msg_kind *out_kind);
+
+/** \brief The `type` string of a kind ("sonar.register.v1"), or NULL for UNKNOWN. */
+const char *sonar_msg_kind_type(sonar_msg_kind kind);
+
+/* ---- Check outcome ----------------------------------------------------- */
+
+/** Status of one check, of one service's answer, or of a report entry. */
+typedef enum sonar_outcome {
+    SONAR_PASS = 0,
+    SONAR_FAIL,
+    SONAR_NONE,        /**< the responder has no checks on the changed service */
+    SONAR_INCOMPLETE,  /**< report only: no answer, or no live instance */
+} sonar_outcome;
+
+/** \brief "pass", "fail", "none" or "incomplete". */
+const char *sonar_outcome_str(sonar_outcome o);
+/** \brief Parses the strings above; returns SONAR_ERR_PROTOCOL otherwise. */
+sonar_status sonar_outcome_parse(const char *s, sonar_outcome *out);
+
+/* ---- sonar.register.v1 ------------------------------------------------- */
+
+/** The checks one service runs against one dependency. */
+typedef struct sonar_dep_checks {
+    char *dependency;  /**< service name */
+    char **names;      /**< check names */
+    size_t n_names;
+} sonar_dep_checks;
+
+typedef struct sonar_register_msg {
+    char *service;         /**< required, name rule */
+    char *instance;        /**< required, 1..256 bytes */
+    char *version;         /**< required, 1..256 bytes (SemVer recommended) */
+    char *address;         /**< optional ("" when absent) */
+    char **depends_on;     /**< each a valid name */
+    size_t n_depends_on;
+    sonar_dep_checks *checks; /**< keys must be valid names */
+    size_t n_checks;
+    int64_t heartbeat_ms;  /**< required, 100..3600000 */
+    char *health;          /**< optional: HTTP URL, "nats", or NULL */
+    char *metrics;         /**< optional: HTTP URL, "nats", or NULL */
+    json_t *metadata;      /**< optional object of string values; NULL when absent (owned reference) */
+} sonar_register_msg;
+
+sonar_status sonar_register_encode(const sonar_register_msg *msg, char **out_json /* new, free() */);
+sonar_status sonar_register_decode(sonar_register_msg *out, const char *data, size_t len);
+void sonar_register_finish(sonar_register_msg *msg);
+
+/* ---- sonar.leave.v1 ---------------------------------------------------- */
+
+typedef struct sonar_leave_msg {
+    char *service;   /**< required, name rule */
+    char *instance;  /**< required */
+} sonar_leave_msg;
+
+sonar_status sonar_leave_encode(const sonar_leave_msg *msg, char **out_json);
+sonar_status sonar_leave_decode(sonar_leave_msg *out, const char *data, size_t len);
+void sonar_leave_finish(sonar_leave_msg *msg);
+
+/* ---- sonar.discover ---------------------------------------------------- */
+
+/**
+ * \brief Validates a discover request. An empty payload is accepted (plain
+ *        `nats pub sonar.discover ""`); otherwise it must be a
+ *        `sonar.discover.v1` object.
+ */
+sonar_status sonar_discover_decode(const char *data, size_t len);
+/** \brief `{"type":"sonar.discover.v1"}` (new). */
+sonar_status sonar_discover_encode(char **out_json);
+
+/* ---- sonar.check.v1 and sonar.change.v1 -------------------------------- */
+
+/**
+ * A check request (`sonar.check.v1`) and a change announcement
+ * (`sonar.change.v1`) carry the same fields; in a change the change_id may
+ * be absent (the coordinator generates one) -> NULL after decode.
+ */
+typedef struct sonar_check_msg {
+    char *change_id;     /**< name rule; required in a check request */
+    char *service;       /**< the changed service, name rule */
+    char *version;       /**< candidate version, required */
+    char *address;       /**< candidate address, required, 1..2048 bytes */
+    int64_t timeout_ms;  /**< 1..SONAR_MAX_TIMEOUT_MS; 0 after decode of a change means "absent" */
+} sonar_check_msg;
+
+typedef sonar_check_msg sonar_change_msg;
+
+sonar_status sonar_check_encode(const sonar_check_msg *msg, char **out_json);
+sonar_status sonar_check_decode(sonar_check_msg *out, const char *data, size_t len);
+sonar_status sonar_change_encode(const sonar_change_msg *msg, char **out_json);
+sonar_status sonar_change_decode(sonar_change_msg *out, const char *data, size_t len);
+void sonar_check_finish(sonar_check_msg *msg);
+#define sonar_change_finish sonar_check_finish
+
+/* ---- sonar.result.v1 --------------------------------------------------- */
+
+typedef struct sonar_check_result {
+    char *name;            /**< check name */
+    sonar_outcome status;  /**< SONAR_PASS or SONAR_FAIL */
+    int64_t duration_ms;
+    char *message;         /**< may be "" */
+} sonar_check_result;
+
+typedef struct sonar_result_msg {
+    char *change_id;       /**< name rule */
+    char *service;         /**< the responder, name rule */
+    char *instance;
+    sonar_outcome status;  /**< PASS, FAIL or NONE */
+    int64_t duration_ms;
+    sonar_check_result *checks;
+    size_t n_checks;
+} sonar_result_msg;
+
+sonar_status sonar_result_encode(const sonar_result_msg *msg, char **out_json);
+sonar_status sonar_result_decode(sonar_result_msg *out, const char *data, size_t len);
+void sonar_result_finish(sonar_result_msg *msg);
+
+/* ---- sonar.report.v1 --------------------------------------------------- */
+
+typedef struct sonar_report_entry {
+    char *service;
+    sonar_outcome status;  /**< PASS, FAIL, NONE or INCOMPLETE */
+    char *reason;          /**< "" unless incomplete or flagged, e.g. "no answer by the deadline" */
+    bool unregistered;     /**< answered but not in the registry (flagged) */
+    int64_t duration_ms;
+    sonar_check_result *checks;
+    size_t n_checks;
+} sonar_report_entry;
+
+typedef struct sonar_report_counts {
+    int64_t expected, pass, fail, none, incomplete;
+} sonar_report_counts;
+
+typedef struct sonar_report_msg {
+    char *change_id;
+    char *service;
+    char *version;
+    char *address;
+    sonar_outcome verdict;     /**< PASS, FAIL or INCOMPLETE */
+    char *started_at;          /**< RFC 3339 UTC */
+    int64_t duration_ms;
+    sonar_report_counts counts;
+    sonar_report_entry *results;
+    size_t n_results;
+} sonar_report_msg;
+
+sonar_status sonar_report_encode(const sonar_report_msg *msg, char **out_json);
+sonar_status sonar_report_decode(sonar_report_msg *out, const char *data, size_t len);
+void sonar_report_finish(sonar_report_msg *msg);
+
+/* ---- sonar.error.v1 ---------------------------------------------------- */
+
+/** Header names carrying the error in NATS service replies (ADR-32). */
+#define SONAR_HDR_SERVICE_ERROR      "Nats-Service-Error"
+#define SONAR_HDR_SERVICE_ERROR_CODE "Nats-Service-Error-Code"
+
+typedef struct sonar_error_msg {
+    int code;       /**< HTTP-like: 400 bad request, 404 not found, 500 internal, 503 unavailable */
+    char *message;
+} sonar_error_msg;
+
+sonar_status sonar_error_encode(const sonar_error_msg *msg, char **out_json);
+sonar_status sonar_error_decode(sonar_error_msg *out, const char *data, size_t len);
+void sonar_error_finish(sonar_error_msg *msg);
+
+/* ---- Helpers ----------------------------------------------------------- */
+
+/**
+ * \brief Builds "<prefix><a>" or "<prefix><a>.<b>" after checking each
+ *        token with the name rule. \p b may be NULL.
+ * \param out new string (free()), written on success.
+ */
+sonar_status sonar_subject(char **out, const char *prefix, const char *a, const char *b);
+
+/** \brief Deep copy helpers for the structs above (dst is overwritten; new). */
+sonar_status sonar_check_result_copy(sonar_check_result *dst, const sonar_check_result *src);
+sonar_status sonar_register_copy(sonar_register_msg *dst, const sonar_register_msg *src);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

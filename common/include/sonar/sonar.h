@@ -1,0 +1,16 @@
+/**
+ * \file sonar.h
+ * \brief Umbrella header for libsonar.
+ */
+#ifndef SONAR_SONAR_H
+#define SONAR_SONAR_H
+
+#include "sonar/status.h"
+#include "sonar/util.h"
+#include "sonar/protocol.h"
+#include "sonar/bus.h"
+#include "sonar/service.h"
+#include "sonar/http.h"
+#include "sonar/log.h"
+
+#endif

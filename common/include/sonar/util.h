@@ -1,0 +1,67 @@
+/**
+ * \file util.h
+ * \brief Small helpers shared by libsonar and its services: names, clocks, ids.
+ *
+ * Thread-safety: every function here is safe to call from any thread.
+ */
+#ifndef SONAR_UTIL_H
+#define SONAR_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sonar/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Longest service name or change id, in bytes. */
+#define SONAR_NAME_MAX 64
+
+/**
+ * \brief True when \p name matches `^[A-Za-z0-9_-]{1,64}$`, the rule for
+ *        service names and change ids (they become NATS subject tokens).
+ */
+bool sonar_name_valid(const char *name);
+
+/**
+ * \brief Checks \p name and, when invalid, records a clear error naming
+ *        \p what (e.g. "service name") and returns `SONAR_ERR_INVALID`.
+ */
+sonar_status sonar_name_check(const char *what, const char *name);
+
+/** \brief Monotonic clock in milliseconds (for deadlines and durations). */
+int64_t sonar_now_ms(void);
+
+/** \brief Monotonic clock in nanoseconds. */
+int64_t sonar_now_ns(void);
+
+/** \brief Wall clock in milliseconds since the Unix epoch. */
+int64_t sonar_wall_ms(void);
+
+/**
+ * \brief Formats \p wall_ms (ms since the epoch) as RFC 3339 UTC with
+ *        milliseconds, e.g. "2026-11-23T18:30:00.123Z", into \p buf.
+ */
+void sonar_format_rfc3339(int64_t wall_ms, char *buf, size_t buflen);
+
+/**
+ * \brief Writes a random identifier of 22 characters from [A-Za-z0-9]
+ *        (about 131 bits) plus the terminating NUL into \p buf.
+ *        \p buf must hold at least 23 bytes. Valid as a name (sonar_name_valid).
+ */
+void sonar_random_id(char *buf);
+
+/**
+ * \brief Parses a duration such as "10s", "500ms", "2m", "1h" or a bare
+ *        number of milliseconds into \p out_ms (written only on success).
+ * \return SONAR_OK, or SONAR_ERR_INVALID with a message naming the text.
+ */
+sonar_status sonar_parse_duration_ms(const char *text, int64_t *out_ms);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

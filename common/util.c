@@ -1,0 +1,157 @@
+/* Names, clocks, ids and durations. */
+#include "sonar/util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+#include "internal.h"
+
+bool sonar_name_valid(const char *name)
+{
+    if (name == NULL)
+        return false;
+    size_t n = 0;
+    for (const char *p = name; *p; p++, n++) {
+        unsigned char c = (unsigned char)*p;
+        if (n >= SONAR_NAME_MAX)
+            return false;
+        if (!(isalnum(c) && c < 128) && c != '_' && c != '-')
+            return false;
+    }
+    return n > 0;
+}
+
+sonar_status sonar_name_check(const char *what, const char *name)
+{
+    if (name == NULL)
+        return sonar__fail(SONAR_ERR_INVALID, "%s is missing", what);
+    if (!sonar_name_valid(name)) {
+        size_t len = strlen(name);
+        return sonar__fail(SONAR_ERR_INVALID,
+                           "%s \"%.*s%s\" is invalid: it must match ^[A-Za-z0-9_-]{1,64}$",
+                           what, (int)(len > 80 ? 80 : len), name, len > 80 ? "..." : "");
+    }
+    return SONAR_OK;
+}
+
+int64_t sonar_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t sonar_now_ms(void)
+{
+    return sonar_now_ns() / 1000000;
+}
+
+int64_t sonar_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void sonar_format_rfc3339(int64_t wall_ms, char *buf, size_t buflen)
+{
+    time_t secs = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char base[32];
+    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, buflen, "%s.%03dZ", base, (int)(wall_ms % 1000));
+}
+
+void sonar_random_id(char *buf)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char raw[22];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            /* getrandom cannot fail on Linux >= 3.17 with flags 0 except EINTR. */
+            SONAR_REQUIRE(!"getrandom failed");
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        buf[i] = alphabet[raw[i] % 62];
+    buf[sizeof raw] = '\0';
+}
+
+sonar_status sonar_parse_duration_ms(const char *text, int64_t *out_ms)
+{
+    if (text == NULL || *text == '\0')
+        return sonar__fail(SONAR_ERR_INVALID, "empty duration");
+    errno = 0;
+    char *end = NULL;
+    double v = strtod(text, &end);
+    if (end == text || errno != 0 || v < 0 || v != v)
+        return sonar__fail(SONAR_ERR_INVALID,
+                           "invalid duration \"%s\": expected e.g. 500ms, 10s, 2m, 1h", text);
+    double mult;
+    if (*end == '\0' || strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (strcmp(end, "s") == 0)
+        mult = 1000;
+    else if (strcmp(end, "m") == 0)
+        mult = 60000;
+    else if (strcmp(end, "h") == 0)
+        mult = 3600000;
+    else
+        return sonar__fail(SONAR_ERR_INVALID,
+                           "invalid duration \"%s\": unit must be ms, s, m or h", text);
+    double ms = v * mult;
+    if (ms > 9.0e15)
+        return sonar__fail(SONAR_ERR_INVALID, "duration \"%s\" is too large", text);
+    *out_ms = (int64_t)ms;
+    return SONAR_OK;
+}
+
+char *sonar__strdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char log_name[64] = "sonar";
+
+void sonar_log_set_name(const char *who)
+{
+    pthread_mutex_lock(&log_lock);
+    snprintf(log_name, sizeof log_name, "%s", who ? who : "sonar");
+    pthread_mutex_unlock(&log_lock);
+}
+
+void sonar_log(sonar_log_level level, const char *fmt, ...)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    if (level == SONAR_LOG_DEBUG) {
+        const char *env = getenv("SONAR_LOG");
+        if (env == NULL || strcmp(env, "debug") != 0)
+            return;
+    }
+    char ts[40];
+    sonar_format_rfc3339(sonar_wall_ms(), ts, sizeof ts);
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&log_lock);
+    fprintf(stderr, "%s %s %s: ", ts, names[level], log_name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    pthread_mutex_unlock(&log_lock);
+    va_end(ap);
+}
