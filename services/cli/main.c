@@ -1,0 +1,46 @@
+/* sonar — the command line for announcing changes and inspecting the bus. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+#include "sonar/sonar.h"
+
+/* One line per subcommand; keep alphabetical. */
+static const sonar_cli_command commands[] = {
+    {"version", sonar_cmd_version, "print the version"},
+};
+
+static void usage(FILE *to)
+{
+    fprintf(to, "usage: sonar <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(to, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(to, "\nRun 'sonar <command> --help' for a command's options.\n"
+                "The bus is NATS_URL (default " SONAR_DEFAULT_NATS_URL ") or --server URL.\n");
+}
+
+int sonar_cmd_version(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("sonar %s\n", SONAR_VERSION);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0)
+        return sonar_cmd_version(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "sonar: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
