@@ -21,7 +21,6 @@
  * anything else changes.
  */
 #include <getopt.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,40 +292,36 @@ int main(int argc, char **argv)
     kitchen_block_signals(); /* before any thread exists */
     sonar_log_set_name("chillybin");
 
-    const char *db_path = "chillybin.db", *address = "127.0.0.1", *version = NULL;
-    const char *advertise = NULL, *variant_text = getenv("CHILLYBIN_VARIANT");
-    long long port = 8081, slow_ms = 0;
-    bool join = true;
+    const char *db_path = "chillybin.db", *variant_text = getenv("CHILLYBIN_VARIANT");
+    long long slow_ms = 0;
+    kitchen_flags flags = { .address = "127.0.0.1", .port = 8081, .join = true };
     static const struct option opts[] = {
-        { "db", required_argument, NULL, 'd' },       { "variant", required_argument, NULL, 'V' },
-        { "address", required_argument, NULL, 'a' },  { "port", required_argument, NULL, 'p' },
-        { "version", required_argument, NULL, 'v' },  { "advertise", required_argument, NULL, 'A' },
-        { "slow-ms", required_argument, NULL, 's' },  { "no-sonar", no_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },           { NULL, 0, NULL, 0 },
+        KITCHEN_OPTIONS,
+        { "db", required_argument, NULL, 'd' },
+        { "variant", required_argument, NULL, 'V' },
+        { "slow-ms", required_argument, NULL, 's' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'd': db_path = optarg; break;
-        case 'V': variant_text = optarg; break;
-        case 'a': address = optarg; break;
-        case 'v': version = optarg; break;
-        case 'A': advertise = optarg; break;
-        case 'n': join = false; break;
-        case 'p':
-            if (!kitchen_parse_int(optarg, 1, 65535, &port)) {
-                fprintf(stderr, "chillybin: --port %s: expected 1..65535\n", optarg);
-                return 2;
-            }
-            break;
-        case 's':
+        int shared = kitchen_flag(&flags, "chillybin", c, optarg);
+        if (shared < 0)
+            return 2;
+        if (shared > 0)
+            continue;
+        if (c == 'd') {
+            db_path = optarg;
+        } else if (c == 'V') {
+            variant_text = optarg;
+        } else if (c == 's') {
             if (!kitchen_parse_int(optarg, 0, 600000, &slow_ms)) {
                 fprintf(stderr, "chillybin: --slow-ms %s: expected 0..600000\n", optarg);
                 return 2;
             }
-            break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        } else {
+            usage(c == 'h' ? stdout : stderr);
+            return c == 'h' ? 0 : 2;
         }
     }
     if (optind < argc) {
@@ -338,15 +333,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "chillybin: variant %s: expected v1, v2 or nome\n", variant_text);
         return 2;
     }
-    cb.version = version != NULL ? version : variant_versions[cb.variant];
-    char advertised[300], health[340], metrics[340];
-    if (advertise == NULL) {
-        snprintf(advertised, sizeof advertised, "http://%s:%lld",
-                 strcmp(address, "0.0.0.0") == 0 ? "127.0.0.1" : address, port);
-        advertise = advertised;
-    }
-    snprintf(health, sizeof health, "%s/health", advertise);
-    snprintf(metrics, sizeof metrics, "%s/metrics", advertise);
+    cb.version = flags.version != NULL ? flags.version : variant_versions[cb.variant];
+    kitchen_urls urls;
+    kitchen_urls_init(&urls, flags.advertise, flags.address, (int)flags.port);
 
     int rc = 1;
     kitchen_server *srv = NULL;
@@ -357,22 +346,22 @@ int main(int argc, char **argv)
 
     /* Serve first, then join: the address sonar hands to checks already answers. */
     kitchen_server_config scfg = {
-        .service = "chillybin", .address = address, .port = (int)port,
+        .service = "chillybin", .address = flags.address, .port = (int)flags.port,
         .routes = routes, .n_routes = sizeof routes / sizeof routes[0],
         .closure = &cb, .metrics = write_metrics,
     };
     if (kitchen_server_create(&srv, &scfg) != SONAR_OK)
         goto out;
 
-    if (join) {
+    if (flags.join) {
         /* Joining sonar: connect to the bus, describe ourselves, start. */
         sonar_bus_config bcfg = { .name = "chillybin" };
         sonar_bus_config_from_env(&bcfg);
         const char *metadata[] = { "variant", variant_names[cb.variant], NULL };
         sonar_service_config svcfg = {
-            .name = "chillybin", .version = cb.version, .address = advertise,
+            .name = "chillybin", .version = cb.version, .address = urls.base,
             .description = "sandwich ingredient stock (example)",
-            .health = health, .metrics = metrics, .metadata = metadata,
+            .health = urls.health, .metrics = urls.metrics, .metadata = metadata,
         };
         if (sonar_bus_connect(&bus, &bcfg) != SONAR_OK ||
             sonar_service_create(&svc, bus, &svcfg) != SONAR_OK ||
@@ -382,13 +371,9 @@ int main(int argc, char **argv)
         }
     }
     sonar_log(SONAR_LOG_INFO, "chillybin %s (variant %s) serving on %s, database %s", cb.version,
-              variant_names[cb.variant], advertise, db_path);
+              variant_names[cb.variant], urls.base, db_path);
 
-    int sig = kitchen_wait_for_signal();
-    sonar_log(SONAR_LOG_INFO, "%s: stopping: no new connections, finishing requests in flight",
-              sig == SIGINT ? "SIGINT" : "SIGTERM");
-    if (!kitchen_server_drain(srv, 10000))
-        sonar_log(SONAR_LOG_WARN, "requests still in flight after 10 s: closing them");
+    kitchen_serve_until_signal(srv);
     rc = 0;
 out:
     sonar_service_destroy(svc); /* leaves the bus */

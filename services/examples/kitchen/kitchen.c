@@ -494,3 +494,43 @@ int kitchen_wait_for_signal(void)
     }
     return sig;
 }
+
+void kitchen_serve_until_signal(kitchen_server *srv)
+{
+    int sig = kitchen_wait_for_signal();
+    sonar_log(SONAR_LOG_INFO, "%s: stopping: no new connections, finishing requests in flight",
+              sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (!kitchen_server_drain(srv, 10000))
+        sonar_log(SONAR_LOG_WARN, "requests still in flight after 10 s: closing them");
+}
+
+/* ---- Flags --------------------------------------------------------------- */
+
+int kitchen_flag(kitchen_flags *f, const char *prog, int c, const char *arg)
+{
+    switch (c) {
+    case 'a': f->address = arg; return 1;
+    case 'v': f->version = arg; return 1;
+    case 'A': f->advertise = arg; return 1;
+    case 'n': f->join = false; return 1;
+    case 'p':
+        if (kitchen_parse_int(arg, 1, 65535, &f->port))
+            return 1;
+        fprintf(stderr, "%s: --port %s: expected 1..65535\n", prog, arg);
+        return -1;
+    default: return 0;
+    }
+}
+
+/* ---- Announced addresses ------------------------------------------------- */
+
+void kitchen_urls_init(kitchen_urls *out, const char *advertise, const char *address, int port)
+{
+    if (advertise != NULL)
+        snprintf(out->base, sizeof out->base, "%s", advertise);
+    else
+        snprintf(out->base, sizeof out->base, "http://%s:%d",
+                 strcmp(address, "0.0.0.0") == 0 ? "127.0.0.1" : address, port);
+    snprintf(out->health, sizeof out->health, "%s/health", out->base);
+    snprintf(out->metrics, sizeof out->metrics, "%s/metrics", out->base);
+}

@@ -31,6 +31,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <getopt.h>
 #include <stdio.h>
 
 #include <jansson.h>
@@ -152,6 +153,47 @@ bool kitchen_parse_int(const char *text, long long min, long long max, long long
 /** \brief True when \p name matches KITCHEN_NAME_RULE. */
 bool kitchen_name_valid(const char *name);
 
+/* ---- Flags every example takes ------------------------------------------- */
+
+/** The flags both examples share; fill the defaults, then feed getopt_long's results to kitchen_flag(). */
+typedef struct kitchen_flags {
+    const char *address;   /**< --address IP (IPv4 to listen on) */
+    long long port;        /**< --port N */
+    const char *version;   /**< --version VERSION reported to sonar; NULL when not given */
+    const char *advertise; /**< --advertise URL announced to sonar; NULL when not given */
+    bool join;             /**< false with --no-sonar */
+} kitchen_flags;
+
+/** getopt_long entries for the shared flags (their short codes: a p v A n). */
+#define KITCHEN_OPTIONS                                                                    \
+    { "address", required_argument, NULL, 'a' }, { "port", required_argument, NULL, 'p' }, \
+    { "version", required_argument, NULL, 'v' },                                         \
+    { "advertise", required_argument, NULL, 'A' }, { "no-sonar", no_argument, NULL, 'n' }
+
+/**
+ * \brief Applies one getopt_long result \p c with argument \p arg.
+ * \return 1 when it was a shared flag; 0 when it is not one (the caller
+ *         handles it); -1 for a bad value (a message naming \p prog and
+ *         the flag is printed on stderr).
+ */
+int kitchen_flag(kitchen_flags *f, const char *prog, int c, const char *arg);
+
+/* ---- Announced addresses ------------------------------------------------ */
+
+/** The URLs a service announces to sonar. */
+typedef struct kitchen_urls {
+    char base[300];     /**< e.g. "http://127.0.0.1:8081" */
+    char health[340];   /**< base + "/health" */
+    char metrics[340];  /**< base + "/metrics" */
+} kitchen_urls;
+
+/**
+ * \brief Fills \p out from \p advertise (the --advertise flag, may be NULL)
+ *        or else from the listening \p address and \p port (0.0.0.0 is
+ *        announced as 127.0.0.1).
+ */
+void kitchen_urls_init(kitchen_urls *out, const char *advertise, const char *address, int port);
+
 /* ---- Signals ----------------------------------------------------------- */
 
 /**
@@ -162,5 +204,12 @@ void kitchen_block_signals(void);
 
 /** \brief Waits for SIGTERM or SIGINT (sigwait) and returns its number. */
 int kitchen_wait_for_signal(void);
+
+/**
+ * \brief Serves until SIGTERM or SIGINT, then drains \p srv (stops
+ *        accepting, waits up to 10 s for requests in flight), logging each
+ *        step. The caller then leaves the bus and destroys the server.
+ */
+void kitchen_serve_until_signal(kitchen_server *srv);
 
 #endif
