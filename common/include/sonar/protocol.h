@@ -65,6 +65,12 @@ typedef enum sonar_msg_kind {
     SONAR_MSG_CHANGE,    /**< sonar.change.v1 */
     SONAR_MSG_REPORT,    /**< sonar.report.v1 */
     SONAR_MSG_ERROR,     /**< sonar.error.v1 */
+    /* sonard read API and gather announcement (see docs/protocol.md); peek
+     * recognises them, decoders for them live with their users. */
+    SONAR_MSG_GATHER,    /**< sonar.gather.v1 */
+    SONAR_MSG_SERVICES,  /**< sonar.services.v1 */
+    SONAR_MSG_HISTORY,   /**< sonar.history.v1 */
+    SONAR_MSG_GRAPH,     /**< sonar.graph.v1 */
 } sonar_msg_kind;
 
 /**
