@@ -552,8 +552,13 @@ static sonar_status parse_message(const char *data, size_t len, json_t **out_roo
     if (len > SONAR_MAX_MESSAGE_BYTES)
         return sonar__fail(SONAR_ERR_PROTOCOL, "message is %zu bytes, over the limit of %d bytes",
                            len, SONAR_MAX_MESSAGE_BYTES);
+    /*
+     * JSON_ALLOW_NUL: a "\u0000" is then refused by the field checks, which
+     * can name the field; JSON_DECODE_ANY: a scalar root gets a clear error.
+     */
     json_error_t jerr;
-    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root =
+        json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
     if (root == NULL)
         return sonar__fail(SONAR_ERR_PROTOCOL, "malformed JSON at line %d column %d: %s",
                            jerr.line, jerr.column, jerr.text);
