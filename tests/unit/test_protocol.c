@@ -482,18 +482,18 @@ static bool is_json_file(const char *name)
     return n > 5 && strcmp(name + n - 5, ".json") == 0;
 }
 
-static char *data_dir(const char *sub)
+/*
+ * Calls \p each for every *.json file in tests/data/protocol/<sub> with its
+ * name, full path and contents; returns how many files there were.
+ */
+typedef void (*file_fn)(const char *name, const char *path, const char *data, size_t len);
+
+static int for_each_data_file(const char *sub, file_fn each)
 {
     const char *root = getenv("SONAR_TEST_DATA");
     cr_assert_not_null(root, "SONAR_TEST_DATA is not set (tests/meson.build sets it)");
     char *dir = NULL;
     cr_assert_gt(asprintf(&dir, "%s/protocol/%s", root, sub), 0);
-    return dir;
-}
-
-Test(protocol, every_valid_file_decodes_by_its_kind_and_re_encodes_stably)
-{
-    char *dir = data_dir("valid");
     DIR *d = opendir(dir);
     cr_assert_not_null(d, "cannot open %s", dir);
     int count = 0;
@@ -505,70 +505,72 @@ Test(protocol, every_valid_file_decodes_by_its_kind_and_re_encodes_stably)
         cr_assert_gt(asprintf(&path, "%s/%s", dir, e->d_name), 0);
         size_t len = 0;
         char *data = read_all(path, &len);
-        char *once = NULL, *twice = NULL;
-        sonar_msg_kind kind = SONAR_MSG_UNKNOWN, again = SONAR_MSG_UNKNOWN;
-        sonar_status st = decode_as(e->d_name, data, len, &once, &kind);
-        cr_expect_eq(st, SONAR_OK, "%s: %s", e->d_name, sonar_last_error());
-        if (st == SONAR_OK && once != NULL) {
-            /* The peer's view of our encoding equals ours: a fixed point. */
-            cr_expect_eq(decode_as(e->d_name, once, strlen(once), &twice, &again), SONAR_OK);
-            cr_expect_str_eq(once, twice, "%s: re-encoding is not stable", e->d_name);
-            sonar_msg_kind peeked = SONAR_MSG_UNKNOWN;
-            cr_expect_eq(sonar_msg_peek(once, strlen(once), &peeked), SONAR_OK);
-            cr_expect_eq(peeked, kind, "%s: peek disagrees", e->d_name);
-        }
-        free(once);
-        free(twice);
+        each(e->d_name, path, data, len);
         free(data);
         free(path);
         count++;
     }
     closedir(d);
     free(dir);
+    return count;
+}
+
+static void expect_valid(const char *name, const char *path, const char *data, size_t len)
+{
+    (void)path;
+    char *once = NULL, *twice = NULL;
+    sonar_msg_kind kind = SONAR_MSG_UNKNOWN, again = SONAR_MSG_UNKNOWN;
+    sonar_status st = decode_as(name, data, len, &once, &kind);
+    cr_expect_eq(st, SONAR_OK, "%s: %s", name, sonar_last_error());
+    if (st == SONAR_OK && once != NULL) {
+        /* Our encoding of what we decoded decodes and encodes to itself. */
+        cr_expect_eq(decode_as(name, once, strlen(once), &twice, &again), SONAR_OK);
+        cr_expect_str_eq(once, twice, "%s: re-encoding is not stable", name);
+        sonar_msg_kind peeked = SONAR_MSG_UNKNOWN;
+        cr_expect_eq(sonar_msg_peek(once, strlen(once), &peeked), SONAR_OK);
+        cr_expect_eq(peeked, kind, "%s: peek disagrees", name);
+    }
+    free(once);
+    free(twice);
+}
+
+Test(protocol, every_valid_file_decodes_by_its_kind_and_re_encodes_stably)
+{
+    int count = for_each_data_file("valid", expect_valid);
     cr_assert_geq(count, 15, "only %d valid files found", count);
+}
+
+/* <name>.expect: line 1 the status name, line 2 a substring of the error text. */
+static void expect_invalid(const char *name, const char *path, const char *data, size_t len)
+{
+    char *expect_path = NULL;
+    cr_assert_gt(asprintf(&expect_path, "%.*s.expect", (int)(strlen(path) - 5), path), 0);
+    size_t elen = 0;
+    char *expect = read_all(expect_path, &elen);
+    expect = realloc(expect, elen + 1);
+    cr_assert_not_null(expect);
+    expect[elen] = '\0';
+    char *nl = strchr(expect, '\n');
+    cr_assert_not_null(nl, "%s: first line is the status name", expect_path);
+    *nl = '\0';
+    char *substring = nl + 1;
+    substring[strcspn(substring, "\n")] = '\0';
+    cr_assert_neq(*substring, '\0', "%s: second line is a substring of the error", expect_path);
+
+    char *reencoded = NULL;
+    sonar_msg_kind kind;
+    sonar_status st = decode_as(name, data, len, &reencoded, &kind);
+    cr_expect_str_eq(status_name(st), expect, "%s: got %s (%s)", name, status_name(st),
+                     sonar_last_error());
+    cr_expect(strstr(sonar_last_error(), substring) != NULL,
+              "%s: error \"%s\" does not mention \"%s\"", name, sonar_last_error(), substring);
+    free(reencoded);
+    free(expect);
+    free(expect_path);
 }
 
 Test(protocol, every_invalid_file_is_refused_with_its_expected_error)
 {
-    char *dir = data_dir("invalid");
-    DIR *d = opendir(dir);
-    cr_assert_not_null(d, "cannot open %s", dir);
-    int count = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!is_json_file(e->d_name))
-            continue;
-        char *path = NULL, *expect_path = NULL;
-        cr_assert_gt(asprintf(&path, "%s/%s", dir, e->d_name), 0);
-        cr_assert_gt(asprintf(&expect_path, "%.*s.expect", (int)(strlen(path) - 5), path), 0);
-        size_t len = 0, elen = 0;
-        char *data = read_all(path, &len);
-        char *expect = read_all(expect_path, &elen);
-        expect = realloc(expect, elen + 1);
-        expect[elen] = '\0';
-        char *nl = strchr(expect, '\n');
-        cr_assert_not_null(nl, "%s: first line is the status name", expect_path);
-        *nl = '\0';
-        char *substring = nl + 1;
-        substring[strcspn(substring, "\n")] = '\0';
-        cr_assert_neq(*substring, '\0', "%s: second line is a substring of the error", expect_path);
-
-        char *reencoded = NULL;
-        sonar_msg_kind kind;
-        sonar_status st = decode_as(e->d_name, data, len, &reencoded, &kind);
-        cr_expect_str_eq(status_name(st), expect, "%s: got %s (%s)", e->d_name, status_name(st),
-                         sonar_last_error());
-        cr_expect(strstr(sonar_last_error(), substring) != NULL,
-                  "%s: error \"%s\" does not mention \"%s\"", e->d_name, sonar_last_error(),
-                  substring);
-        free(reencoded);
-        free(expect);
-        free(data);
-        free(expect_path);
-        free(path);
-        count++;
-    }
-    closedir(d);
-    free(dir);
+    int count = for_each_data_file("invalid", expect_invalid);
     cr_assert_geq(count, 30, "only %d invalid files found", count);
 }
