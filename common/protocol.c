@@ -52,8 +52,23 @@ const char *sonar_msg_kind_type(sonar_msg_kind kind)
     return NULL;
 }
 
-/* Prints at most 80 bytes of \p s for an error message. */
-#define SHOWN(s) (int)(strlen(s) > 80 ? 80 : strlen(s)), (s), (strlen(s) > 80 ? "..." : "")
+/*
+ * Length of the longest prefix of \p s of at most \p max bytes that does
+ * not end inside a UTF-8 sequence, so quoted values in error texts stay
+ * valid UTF-8 (they travel on in sonar.error.v1 messages).
+ */
+static int utf8_prefix(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n <= max)
+        return (int)n;
+    while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
+        max--;
+    return (int)max;
+}
+
+/* "%.*s%s" arguments printing at most 80 bytes of \p s, then "..." if cut. */
+#define SHOWN(s) utf8_prefix((s), 80), (s), (strlen(s) > 80 ? "..." : "")
 
 /* Maps a type string to a kind; SONAR_ERR_VERSION for anything unknown. */
 static sonar_status kind_from_type(const char *type, sonar_msg_kind *out)
@@ -135,9 +150,10 @@ typedef enum str_rule {
 static void join_where(char *buf, const char *pre, const char *key)
 {
     if (pre == NULL || *pre == '\0')
-        snprintf(buf, WHERE_MAX, "%s", key);
+        snprintf(buf, WHERE_MAX, "%.*s", utf8_prefix(key, WHERE_MAX - 1), key);
     else
-        snprintf(buf, WHERE_MAX, "%s.%s", pre, key);
+        snprintf(buf, WHERE_MAX, "%.*s.%.*s", utf8_prefix(pre, 100), pre, utf8_prefix(key, 50),
+                 key);
 }
 
 static void index_where(char *buf, const char *pre, size_t i)
@@ -263,7 +279,11 @@ static sonar_status check_string(const char *where, const char *s, size_t len, s
     case RULE_NAME:
         if (check_utf8(where, s, len, false) != SONAR_OK)
             return SONAR_ERR_PROTOCOL;
-        return sonar_name_check(where, s);
+        if (!sonar_name_valid(s))
+            return sonar__fail(SONAR_ERR_INVALID,
+                               "%s \"%.*s%s\" is invalid: it must match ^[A-Za-z0-9_-]{1,64}$",
+                               where, SHOWN(s));
+        return SONAR_OK;
     case RULE_TEXT:
     case RULE_TIME:
         break;
@@ -543,6 +563,24 @@ static sonar_status dump_message(const json_t *root, char **out_json)
 
 /* ---- Parsing ----------------------------------------------------------- */
 
+/*
+ * Replaces invalid UTF-8 and control characters in \p s with '?' (jansson
+ * quotes raw input bytes in its error text: "... near '\xff'").
+ */
+static void sanitize_text(char *s)
+{
+    size_t len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        uint32_t cp = 0;
+        size_t n = utf8_next((const unsigned char *)s + i, len - i, &cp);
+        if (n == 0 || cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) {
+            s[i++] = '?';
+            continue;
+        }
+        i += n;
+    }
+}
+
 /* Parses \p data as a JSON object and maps its type to a kind. */
 static sonar_status parse_message(const char *data, size_t len, json_t **out_root,
                                   sonar_msg_kind *out_kind)
@@ -559,9 +597,11 @@ static sonar_status parse_message(const char *data, size_t len, json_t **out_roo
     json_error_t jerr;
     json_t *root =
         json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (root == NULL)
+    if (root == NULL) {
+        sanitize_text(jerr.text);
         return sonar__fail(SONAR_ERR_PROTOCOL, "malformed JSON at line %d column %d: %s",
                            jerr.line, jerr.column, jerr.text);
+    }
     sonar_status st = SONAR_OK;
     const json_t *type = json_object_get(root, "type");
     if (!json_is_object(root))

@@ -447,6 +447,21 @@ done:
     return st;
 }
 
+/*
+ * sonard and services send decoder error texts back in sonar.error.v1, so
+ * every error text must itself be a valid error message.
+ */
+static void expect_error_text_is_sendable(const char *name)
+{
+    char text[1100];
+    snprintf(text, sizeof text, "%s", sonar_last_error());
+    sonar_error_msg err = {.code = 400, .message = text};
+    char *json = NULL;
+    cr_expect_eq(sonar_error_encode(&err, &json), SONAR_OK,
+                 "%s: error text cannot be sent in sonar.error.v1: %s", name, sonar_last_error());
+    free(json);
+}
+
 static char *read_all(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -564,6 +579,7 @@ static void expect_invalid(const char *name, const char *path, const char *data,
                      sonar_last_error());
     cr_expect(strstr(sonar_last_error(), substring) != NULL,
               "%s: error \"%s\" does not mention \"%s\"", name, sonar_last_error(), substring);
+    expect_error_text_is_sendable(name);
     free(reencoded);
     free(expect);
     free(expect_path);
@@ -594,8 +610,10 @@ static void expect_refused_cleanly(const char *name, sonar_status st)
     cr_expect(st == SONAR_OK || st == SONAR_ERR_PROTOCOL || st == SONAR_ERR_INVALID ||
                   st == SONAR_ERR_VERSION,
               "%s: unexpected status %d", name, st);
-    if (st != SONAR_OK)
+    if (st != SONAR_OK) {
         cr_expect_neq(*sonar_last_error(), '\0', "%s: failure without error text", name);
+        expect_error_text_is_sendable(name);
+    }
 }
 
 static void decode_with_every_decoder(const char *name, const char *data, size_t len)
