@@ -242,17 +242,27 @@ static void inv_restock(const test_httpd_request *req, test_httpd_reply_t *reply
     json_decref(doc);
 }
 
-static void inv_stock(const test_httpd_request *req, test_httpd_reply_t *reply, void *cl)
+/* Only cheese is stocked: answers 404 for anything else and returns false;
+ * otherwise locks the inventory and writes its ETag. */
+static bool lock_item(inventory *inv, const test_httpd_request *req, test_httpd_reply_t *reply,
+                      char *etag, size_t len)
 {
-    inventory *inv = cl;
     const char *name = test_httpd_query(req, "name");
     if (name == NULL || strcmp(name, "cheese") != 0) {
         test_httpd_reply(reply, 404, "{\"error\":\"unknown item\"}");
-        return;
+        return false;
     }
     pthread_mutex_lock(&inv->mu);
+    snprintf(etag, len, "\"v%d\"", inv->version);
+    return true;
+}
+
+static void inv_stock(const test_httpd_request *req, test_httpd_reply_t *reply, void *cl)
+{
+    inventory *inv = cl;
     char etag[32];
-    snprintf(etag, sizeof etag, "\"v%d\"", inv->version);
+    if (!lock_item(inv, req, reply, etag, sizeof etag))
+        return;
     test_httpd_reply(reply, 200, "{\"name\":\"cheese\",\"stock\":%d}", inv->stock);
     pthread_mutex_unlock(&inv->mu);
     test_httpd_reply_header(reply, "ETag", etag);
@@ -262,15 +272,10 @@ static void inv_stock(const test_httpd_request *req, test_httpd_reply_t *reply, 
 static void inv_pick(const test_httpd_request *req, test_httpd_reply_t *reply, void *cl)
 {
     inventory *inv = cl;
-    const char *name = test_httpd_query(req, "name");
     const char *match = test_httpd_header(req, "If-Match");
-    if (name == NULL || strcmp(name, "cheese") != 0) {
-        test_httpd_reply(reply, 404, "{\"error\":\"unknown item\"}");
-        return;
-    }
-    pthread_mutex_lock(&inv->mu);
     char etag[32];
-    snprintf(etag, sizeof etag, "\"v%d\"", inv->version);
+    if (!lock_item(inv, req, reply, etag, sizeof etag))
+        return;
     if (match != NULL && strcmp(match, etag) != 0) {
         test_httpd_reply(reply, 412, "{\"error\":\"stale\"}");
     } else if (inv->stock == 0) {
