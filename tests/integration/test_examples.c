@@ -801,6 +801,12 @@ Test(examples, jafflr_on_v2_pick_checks_v2_pick)
     const char *msg = json_string_value(json_object_get(failed, "message"));
     cr_expect(msg != NULL && strstr(msg, "GET /v2/pick?name=") && strstr(msg, "→ 404"),
               "message: %s", msg);
+    /* Even the case expecting 404 fails: v1's 404 is "no such endpoint", not the ingredient. */
+    failed = check_named(res, "v2 pick a missing ingredient");
+    cr_assert_not_null(failed);
+    cr_expect_str_eq(status_str(failed), "fail");
+    msg = json_string_value(json_object_get(failed, "message"));
+    cr_expect(msg != NULL && strstr(msg, "does not mention probe-"), "message: %s", msg);
     json_decref(res);
     cr_expect_eq(stop(jf.proc, SIGTERM), 0);
 }
