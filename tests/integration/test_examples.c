@@ -743,6 +743,43 @@ static const char *status_str(json_t *obj)
     return s != NULL ? s : "(none)";
 }
 
+Test(examples, chillybin_joins_sonar_without_dependencies_and_answers_none)
+{
+    natsSubscription *sub = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "sonar.register.chillybin"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    service cb = chillybin_start("v2", "stock.db", NULL);
+    json_t *reg = next_json(sub, 15000);
+    natsSubscription_Destroy(sub);
+    cr_assert_not_null(reg, "chillybin did not register");
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "version")), "2.0.0");
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "address")), cb.base);
+    cr_expect_eq(json_array_size(json_object_get(reg, "depends_on")), 0);
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", cb.base);
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "metrics")), url);
+    snprintf(url, sizeof url, "%s/health", cb.base);
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "health")), url);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(reg, "metadata"), "variant")),
+                     "v2");
+    json_decref(reg);
+
+    /* A change to some other service: chillybin has no checks on it and says so. */
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "sonar.result.other-change.chillybin"),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_PublishString(
+                     nc, "sonar.check.jafflr",
+                     "{\"type\":\"sonar.check.v1\",\"change_id\":\"other-change\",\"service\":"
+                     "\"jafflr\",\"version\":\"9.9.9\",\"address\":\"http://127.0.0.1:1\","
+                     "\"timeout_ms\":5000}"), NATS_OK);
+    json_t *res = next_json(sub, 15000);
+    natsSubscription_Destroy(sub);
+    cr_assert_not_null(res, "no answer from chillybin");
+    cr_expect_str_eq(json_string_value(json_object_get(res, "status")), "none");
+    json_decref(res);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
+}
+
 Test(examples, jafflr_checks_pass_against_v1_and_v2_and_fail_against_nome)
 {
     service stable = chillybin_start("v1", "stable.db", NULL);
