@@ -743,6 +743,19 @@ static const char *status_str(json_t *obj)
     return s != NULL ? s : "(none)";
 }
 
+/* Asserts check \p name of \p res has \p status and a message containing each of \p needles. */
+static void expect_check(json_t *res, const char *name, const char *status,
+                         const char *const *needles)
+{
+    json_t *check = check_named(res, name);
+    cr_assert_not_null(check, "no check named \"%s\"", name);
+    cr_expect_str_eq(status_str(check), status, "%s", name);
+    const char *msg = json_string_value(json_object_get(check, "message"));
+    for (size_t i = 0; needles[i] != NULL; i++)
+        cr_expect(msg != NULL && strstr(msg, needles[i]) != NULL, "%s: \"%s\" lacks \"%s\"",
+                  name, msg ? msg : "(no message)", needles[i]);
+}
+
 Test(examples, chillybin_joins_sonar_without_dependencies_and_answers_none)
 {
     natsSubscription *sub = NULL;
@@ -795,22 +808,19 @@ Test(examples, jafflr_checks_pass_against_v1_and_v2_and_fail_against_nome)
 
     res = check_candidate("change-v2", &v2, "2.0.0");
     cr_expect_str_eq(status_str(res), "pass", "v2: status %s", status_str(res));
-    json_t *in_stock = check_named(res, "pick in stock");
-    cr_assert_not_null(in_stock);
-    cr_expect(strstr(json_string_value(json_object_get(in_stock, "message")), "deprecated") != NULL,
-              "the report tells jafflr's team /pick is deprecated: %s",
-              json_string_value(json_object_get(in_stock, "message")));
+    /* The report tells jafflr's team that /pick is deprecated, and what replaces it. */
+    expect_check(res, "pick in stock", "pass",
+                 (const char *const[]){ "GET /pick is deprecated", "</v2/pick>", NULL });
     json_decref(res);
 
     res = check_candidate("change-nome", &nome, "3.0.0");
     cr_expect_str_eq(status_str(res), "fail", "nome: status %s", status_str(res));
-    json_t *failed = check_named(res, "pick in stock");
-    cr_assert_not_null(failed);
-    cr_expect_str_eq(status_str(failed), "fail");
-    const char *msg = json_string_value(json_object_get(failed, "message"));
-    cr_expect(msg != NULL && strstr(msg, "GET /pick?name=") && strstr(msg, "→ 400, expected 200") &&
-                  strstr(msg, "missing nome"), "the message names the endpoint and the fault: %s",
-              msg);
+    /* The message names the endpoint and what was wrong. */
+    expect_check(res, "pick in stock", "fail",
+                 (const char *const[]){ "GET /pick?name=probe-", "→ 400, expected 200",
+                                        "missing nome", NULL });
+    expect_check(res, "pick a missing ingredient", "fail",
+                 (const char *const[]){ "→ 400, expected 404", NULL });
     json_decref(res);
 
     /* The candidates' shelves got only probe ingredients; the stable chillybin was untouched. */
@@ -827,23 +837,18 @@ Test(examples, jafflr_on_v2_pick_checks_v2_pick)
 
     json_t *res = check_candidate("flag-v2", &v2, "2.0.1");
     cr_expect_str_eq(status_str(res), "pass", "v2: status %s", status_str(res));
-    cr_expect_not_null(check_named(res, "v2 pick in stock"));
+    expect_check(res, "v2 pick in stock", "pass",
+                 (const char *const[]){ "GET /v2/pick?name=probe-", "→ 200", NULL });
     json_decref(res);
 
     /* Rolling chillybin back to v1 would break this jafflr: sonar says so. */
     res = check_candidate("flag-v1", &v1, "1.0.0");
     cr_expect_str_eq(status_str(res), "fail");
-    json_t *failed = check_named(res, "v2 pick in stock");
-    cr_assert_not_null(failed);
-    const char *msg = json_string_value(json_object_get(failed, "message"));
-    cr_expect(msg != NULL && strstr(msg, "GET /v2/pick?name=") && strstr(msg, "→ 404"),
-              "message: %s", msg);
+    expect_check(res, "v2 pick in stock", "fail",
+                 (const char *const[]){ "GET /v2/pick?name=probe-", "→ 404, expected 200", NULL });
     /* Even the case expecting 404 fails: v1's 404 is "no such endpoint", not the ingredient. */
-    failed = check_named(res, "v2 pick a missing ingredient");
-    cr_assert_not_null(failed);
-    cr_expect_str_eq(status_str(failed), "fail");
-    msg = json_string_value(json_object_get(failed, "message"));
-    cr_expect(msg != NULL && strstr(msg, "does not mention probe-"), "message: %s", msg);
+    expect_check(res, "v2 pick a missing ingredient", "fail",
+                 (const char *const[]){ "does not mention probe-", NULL });
     json_decref(res);
     cr_expect_eq(stop(jf.proc, SIGTERM), 0);
 }

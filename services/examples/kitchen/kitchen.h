@@ -11,12 +11,12 @@
  * A service's main() goes:
  * \code
  *   kitchen_block_signals();                 // first, before any thread starts
+ *   ... parse flags (kitchen_flag), open storage ...
  *   kitchen_server *srv;
  *   kitchen_server_create(&srv, &cfg);       // listening, handlers on their own threads
- *   ... join sonar ...
- *   int sig = kitchen_wait_for_signal();     // SIGTERM or SIGINT
- *   kitchen_server_drain(srv, 10000);        // stop accepting, finish requests in flight
- *   ... leave sonar ...
+ *   ... join sonar (sonar_service_create/start) ...
+ *   kitchen_serve_until_signal(srv);         // SIGTERM/SIGINT: stop accepting, finish requests in flight
+ *   sonar_service_destroy(svc);              // leave the bus
  *   kitchen_server_destroy(srv);
  * \endcode
  *
