@@ -13,7 +13,10 @@
  */
 #include <criterion/criterion.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -851,6 +854,97 @@ Test(examples, jafflr_on_v2_pick_checks_v2_pick)
                  (const char *const[]){ "does not mention probe-", NULL });
     json_decref(res);
     cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+}
+
+/* ---- Concurrency and garbage ---------------------------------------------- */
+
+typedef struct picker {
+    const char *base;
+    int ok, conflict, other;
+} picker;
+
+static void *pick_three(void *arg)
+{
+    picker *p = arg;
+    for (int i = 0; i < 3; i++) {
+        long s = status_of("GET", p->base, "/pick?name=olive&quantity=1");
+        if (s == 200)
+            p->ok++;
+        else if (s == 409)
+            p->conflict++;
+        else
+            p->other++;
+    }
+    return NULL;
+}
+
+Test(examples, concurrent_picks_never_take_more_than_there_is)
+{
+    service cb = chillybin_start("v1", "stock.db", NULL);
+    reply r = http("POST", cb.base, "/restock", "{\"name\":\"olive\",\"quantity\":20}");
+    cr_assert_eq(r.status, 200);
+    reply_free(&r);
+
+    enum { N = 8 };
+    picker pickers[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        pickers[i] = (picker){ .base = cb.base };
+        cr_assert_eq(pthread_create(&threads[i], NULL, pick_three, &pickers[i]), 0);
+    }
+    int ok = 0, conflict = 0, other = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        ok += pickers[i].ok;
+        conflict += pickers[i].conflict;
+        other += pickers[i].other;
+    }
+    cr_expect_eq(ok, 20, "exactly the 20 olives were picked");
+    cr_expect_eq(conflict, 4, "the other 4 picks were refused");
+    cr_expect_eq(other, 0);
+    cr_expect_eq(stock_of(cb.base, "olive"), 0);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
+}
+
+/* Writes \p len bytes to a fresh connection, reads whatever comes back, closes. */
+static void send_raw(int port, const char *bytes, size_t len)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(write(fd, bytes, len), (ssize_t)len);
+    shutdown(fd, SHUT_WR);
+    char buf[4096];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    close(fd);
+}
+
+Test(examples, garbage_connections_do_not_hurt_either_service)
+{
+    service cb = chillybin_start("v1", "stock.db", NULL);
+    service jf = jafflr_start(cb.base, false);
+    static const char binary[] = "\x00\x01\x02\xff\xfe garbage\r\n\r\n";
+    send_raw(cb.port, binary, sizeof binary - 1);
+    send_raw(jf.port, binary, sizeof binary - 1);
+    static const char *const junk[] = {
+        "GET /pick?name=cheese&quantity=1 HTTP/9.9\r\n\r\n",
+        "POST /restock HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
+        "POST /restock HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "GET /toastie?i=%ZZ&i=%00cheese HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /",
+    };
+    for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++) {
+        send_raw(cb.port, junk[i], strlen(junk[i]));
+        send_raw(jf.port, junk[i], strlen(junk[i]));
+    }
+    cr_expect_eq(status_of("GET", cb.base, "/health"), 200);
+    cr_expect_eq(status_of("GET", jf.base, "/health"), 200);
+    cr_expect_eq(stock_of(cb.base, "cheese"), 20, "no garbage took stock");
+    cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
 }
 
 /* ---- Graceful shutdown --------------------------------------------------- */
