@@ -8,6 +8,7 @@
 
 /* One line per subcommand; keep alphabetical. */
 static const sonar_cli_command commands[] = {
+    {"test", sonar_cmd_test, "run a check table's cases locally, without a bus (CI)"},
     {"version", sonar_cmd_version, "print the version"},
 };
 
