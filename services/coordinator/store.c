@@ -140,7 +140,9 @@ sonar_status sonar_store_open(sonar_store **out, const char *path)
     sqlite3_busy_timeout(st->db, 5000);
     if ((s = exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")) != SONAR_OK ||
         (s = migrate(st)) != SONAR_OK) {
-        sonar__fail(s, "database %s: %s", path, sonar_last_error());
+        char why[900];
+        snprintf(why, sizeof why, "%s", sonar_last_error());
+        sonar__fail(s, "database %s: %s", path, why);
         goto fail;
     }
     *out = st;
