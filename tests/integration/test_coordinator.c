@@ -486,8 +486,8 @@ Test(coordinator, the_read_api_lists_services_and_the_graph)
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
     json_t *doc = request("sonar.api.services", "", 1000);
     json_t *a = service_entry(doc, "alpha");
-    cr_assert_str_eq(str(json_array_get(json_object_get(a, "depends_on"), 0)), "chillybin");
-    cr_assert_str_eq(str(json_array_get(json_object_get(a, "versions"), 0)), "1.0.0");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(a, "depends_on"), 0)), "chillybin");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(a, "versions"), 0)), "1.0.0");
     json_t *inst = json_array_get(json_object_get(a, "instances"), 0);
     cr_assert_gt(json_integer_value(json_object_get(inst, "heartbeat_ms")), 0);
     cr_assert_eq(strlen(str(inst, "last_seen")), 24, "RFC 3339 with milliseconds");
@@ -497,7 +497,7 @@ Test(coordinator, the_read_api_lists_services_and_the_graph)
     json_t *edge = json_array_get(json_object_get(g, "edges"), 0);
     cr_assert_str_eq(str(edge, "from"), "alpha");
     cr_assert_str_eq(str(edge, "to"), "chillybin");
-    cr_assert_str_eq(str(json_array_get(json_object_get(edge, "checks"), 0)), "probe");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(edge, "checks"), 0)), "probe");
     json_decref(g);
     json_t *nf = request("sonar.api.report", "{\"change_id\":\"nope\"}", 1000);
     cr_assert_eq(json_integer_value(json_object_get(nf, "code")), 404);
