@@ -378,18 +378,19 @@ static sonar_status on_change(sonar_request *req, void *closure)
     s = sonar_gather_wait(ga, &report, &verdict);
     if (s != SONAR_OK) {
         sonar_request_respond_error(req, 500, "change %s: %s", ch.change_id, sonar_last_error());
-    } else {
+    } else if (joined) {
         sonar_request_respond(req, report, strlen(report));
-        if (!joined) {
-            publish_report(c, ch.service, report);
-            if (sonar_store_put_report(c->store, ch.change_id, ch.service,
-                                       sonar_outcome_str(verdict), sonar_wall_ms(),
-                                       report) != SONAR_OK)
-                sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
-                          sonar_last_error());
-            sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
-                      ch.version, sonar_outcome_str(verdict));
-        }
+    } else {
+        /* Stored before the reply: whoever holds the report can look it up. */
+        if (sonar_store_put_report(c->store, ch.change_id, ch.service,
+                                   sonar_outcome_str(verdict), sonar_wall_ms(),
+                                   report) != SONAR_OK)
+            sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
+                      sonar_last_error());
+        sonar_request_respond(req, report, strlen(report));
+        publish_report(c, ch.service, report);
+        sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
+                  ch.version, sonar_outcome_str(verdict));
     }
     if (joined)
         sonar_gatherer_release(c->gatherer, ga);

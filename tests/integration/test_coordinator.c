@@ -526,12 +526,16 @@ Test(coordinator, garbage_on_every_subject_gets_errors_and_is_survived)
     int errors = 0, expected_errors = 0;
     for (size_t i = 0; i < n_subjects; i++) {
         for (size_t k = 0; k < n_bodies; k++) {
-            bool api_ok = (strcmp(subjects[i], "sonar.api.services") == 0 ||
-                           strcmp(subjects[i], "sonar.api.graph") == 0) &&
-                          bodies[k][0] == '{' && strchr(bodies[k], '}') != NULL;
+            /* A JSON object can be a valid request to the read API (extra
+             * fields are ignored): then any well-formed answer will do. */
+            json_t *as_json = json_loads(bodies[k], 0, NULL);
+            bool api_ok = strncmp(subjects[i], "sonar.api.", 10) == 0 && json_is_object(as_json);
+            json_decref(as_json);
             natsMsg *m = NULL;
             json_t *doc = request_raw(subjects[i], bodies[k], strlen(bodies[k]), 3000, &m);
-            if (api_ok) { /* a JSON object is a valid (if odd) body for these */
+            if (api_ok) {
+                cr_assert(strncmp(str(doc, "type"), "sonar.", 6) == 0, "%s <- %s", subjects[i],
+                          bodies[k]);
                 json_decref(doc);
                 natsMsg_Destroy(m);
                 continue;
