@@ -13,6 +13,7 @@ typedef struct sonar_cli_command {
     const char *summary;
 } sonar_cli_command;
 
+int sonar_cmd_outbox(int argc, char **argv);
 int sonar_cmd_version(int argc, char **argv);
 
 #endif

@@ -8,6 +8,7 @@
 
 /* One line per subcommand; keep alphabetical. */
 static const sonar_cli_command commands[] = {
+    {"outbox", sonar_cmd_outbox, "inspect and repair a service's event outbox"},
     {"version", sonar_cmd_version, "print the version"},
 };
 
