@@ -12,5 +12,6 @@
 #include "sonar/service.h"
 #include "sonar/http.h"
 #include "sonar/log.h"
+#include "sonar/promtext.h"
 
 #endif
