@@ -118,6 +118,11 @@ static bool str_eq(const char *a, const char *b, size_t blen)
     return strncmp(a, b, blen) == 0 && a[blen] == '\0';
 }
 
+static bool same(const char *a, size_t alen, const char *b, size_t blen)
+{
+    return alen == blen && memcmp(a, b, alen) == 0;
+}
+
 /* True when s[0..n) is well-formed UTF-8 (no overlongs, no surrogates). */
 static bool utf8_valid(const char *str, size_t n)
 {
@@ -172,12 +177,14 @@ typedef struct parser {
     sonar_promtext *r;
     fam_meta *meta;            /* parallel to r->families */
     size_t cur;                /* current family index, SIZE_MAX: none */
+    size_t cur_len;            /* strlen of its name */
     const char *suffix_names[4]; /* interned sample names of the current family by kind */
     /* per-sample side data for the current family (reset at each family) */
     unsigned char *kind;
     double *special;
     size_t side_cap;
     const char *prev_label_names[SONAR_PROMTEXT_MAX_LABELS];
+    size_t prev_label_lens[SONAR_PROMTEXT_MAX_LABELS];
     size_t prev_n_labels;
     sonar_promtext_error *err;
     sonar_status status;
@@ -470,6 +477,7 @@ static sonar_status new_family(parser *ps, const char *name, size_t n, size_t *o
         return nomem(ps);
     r->n_families++;
     ps->cur = i;
+    ps->cur_len = n;
     *out = i;
     return SONAR_OK;
 }
@@ -487,7 +495,7 @@ static const char *skip_blanks(const char *q, const char *le)
 static sonar_status meta_family(parser *ps, size_t line, const char *kw, const char *name,
                                 size_t n, size_t *out)
 {
-    if (ps->cur != SIZE_MAX && str_eq(ps->r->families[ps->cur].name, name, n)) {
+    if (ps->cur != SIZE_MAX && same(ps->r->families[ps->cur].name, ps->cur_len, name, n)) {
         *out = ps->cur;
         return SONAR_OK;
     }
@@ -613,15 +621,26 @@ static bool parse_float(const char *t, size_t n, double *out, bool *range)
     memcpy(buf, t, n);
     buf[n] = '\0';
     const char *u = buf + (buf[0] == '+' || buf[0] == '-');
-    if (strcasecmp(u, "inf") == 0) {
-        *out = buf[0] == '-' ? -INFINITY : INFINITY;
-        return true;
-    }
-    if (strcasecmp(buf, "nan") == 0) {
-        *out = NAN;
-        return true;
+    if (*u == 'i' || *u == 'I' || *u == 'n' || *u == 'N') {
+        if (strcasecmp(u, "inf") == 0) {
+            *out = buf[0] == '-' ? -INFINITY : INFINITY;
+            return true;
+        }
+        if (strcasecmp(buf, "nan") == 0) {
+            *out = NAN;
+            return true;
+        }
+        return false;
     }
     size_t i = (size_t)(u - buf), digits = 0;
+    /* Fast path: up to 15 digits convert exactly without strtod. */
+    uint64_t iv = 0;
+    while (buf[i] >= '0' && buf[i] <= '9' && digits < 15)
+        iv = iv * 10 + (uint64_t)(buf[i++] - '0'), digits++;
+    if (i == n && digits > 0) {
+        *out = buf[0] == '-' ? -(double)iv : (double)iv;
+        return true;
+    }
     while (buf[i] >= '0' && buf[i] <= '9')
         i++, digits++;
     if (buf[i] == '.') {
@@ -681,14 +700,16 @@ static bool parse_int64(const char *t, size_t n, int64_t *out)
 
 static const char *intern_label_name(parser *ps, size_t pos, const char *name, size_t n)
 {
-    if (pos < ps->prev_n_labels && str_eq(ps->prev_label_names[pos], name, n))
+    if (pos < ps->prev_n_labels && same(ps->prev_label_names[pos], ps->prev_label_lens[pos],
+                                        name, n))
         return ps->prev_label_names[pos];
     return arena_strndup(ps->r, name, n);
 }
 
 /* Parses `{...}` starting at *pp (pointing at '{'). */
 static sonar_status parse_labels(parser *ps, const char **pp, const char *le, size_t line,
-                                 sonar_promtext_label *labels, size_t *n_labels)
+                                 sonar_promtext_label *labels, size_t *lens,
+                                 size_t *n_labels)
 {
     const char *q = *pp + 1;
     size_t n = 0;
@@ -727,7 +748,7 @@ static sonar_status parse_labels(parser *ps, const char **pp, const char *le, si
         size_t raw = (size_t)(q - v);
         q++; /* the closing quote */
         for (size_t i = 0; i < n; i++)
-            if (str_eq(labels[i].name, name, nlen))
+            if (same(labels[i].name, lens[i], name, nlen))
                 return perr(ps, SONAR_ERR_PROTOCOL, line, "duplicate label name %s",
                             SHOW(name, nlen));
         if (n == SONAR_PROMTEXT_MAX_LABELS)
@@ -763,6 +784,7 @@ static sonar_status parse_labels(parser *ps, const char **pp, const char *le, si
         val[o] = '\0';
         labels[n].name = lname;
         labels[n].value = val;
+        lens[n] = nlen;
         n++;
         q = skip_blanks(q, le);
         if (q < le && *q == ',') {
@@ -793,13 +815,13 @@ static sonar_status sample_family(parser *ps, const char *name, size_t n, size_t
     sonar_promtext *r = ps->r;
     if (ps->cur != SIZE_MAX) {
         const sonar_promtext_family *f = &r->families[ps->cur];
-        if (str_eq(f->name, name, n)) {
+        if (same(f->name, ps->cur_len, name, n)) {
             *fam = ps->cur;
             *kind = KIND_PLAIN;
             return SONAR_OK;
         }
         if (f->type == SONAR_PROMTEXT_HISTOGRAM || f->type == SONAR_PROMTEXT_SUMMARY) {
-            size_t fl = strlen(f->name);
+            size_t fl = ps->cur_len;
             for (size_t k = 0; k < 3; k++) {
                 if (suffixes[k].kind == KIND_BUCKET && f->type == SONAR_PROMTEXT_SUMMARY)
                     continue;
@@ -842,6 +864,7 @@ static sonar_status parse_sample(parser *ps, const char *q, const char *le, size
         q++;
     size_t nlen = (size_t)(q - name);
     sonar_promtext_label labels[SONAR_PROMTEXT_MAX_LABELS];
+    size_t lens[SONAR_PROMTEXT_MAX_LABELS];
     size_t n_labels = 0;
     if (q < le && is_blank(*q)) {
         q = skip_blanks(q, le); /* blanks may separate the name from '{' */
@@ -850,7 +873,7 @@ static sonar_status parse_sample(parser *ps, const char *q, const char *le, size
                     SHOW(q, 1), SHOW(name, nlen));
     }
     if (q < le && *q == '{') {
-        sonar_status st = parse_labels(ps, &q, le, line, labels, &n_labels);
+        sonar_status st = parse_labels(ps, &q, le, line, labels, lens, &n_labels);
         if (st != SONAR_OK)
             return st;
     }
@@ -967,8 +990,10 @@ static sonar_status parse_sample(parser *ps, const char *q, const char *le, size
         if (stored == NULL)
             return nomem(ps);
         memcpy(stored, labels, n_labels * sizeof *stored);
-        for (size_t i = 0; i < n_labels; i++)
+        for (size_t i = 0; i < n_labels; i++) {
             ps->prev_label_names[i] = labels[i].name;
+            ps->prev_label_lens[i] = lens[i];
+        }
     }
     ps->prev_n_labels = n_labels;
     ps->kind[pos] = kind;
