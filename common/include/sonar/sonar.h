@@ -13,5 +13,6 @@
 #include "sonar/http.h"
 #include "sonar/log.h"
 #include "sonar/promtext.h"
+#include "sonar/health.h"
 
 #endif
