@@ -951,6 +951,7 @@ Test(examples, garbage_connections_do_not_hurt_either_service)
 
 typedef struct slow_pick {
     const char *base;
+    const char *path;
     long status;
     bool done;
     pthread_mutex_t lock;
@@ -959,7 +960,7 @@ typedef struct slow_pick {
 static void *do_slow_pick(void *arg)
 {
     slow_pick *sp = arg;
-    long s = status_of("GET", sp->base, "/pick?name=cheese&quantity=1");
+    long s = status_of("GET", sp->base, sp->path);
     pthread_mutex_lock(&sp->lock);
     sp->status = s;
     sp->done = true;
@@ -983,7 +984,7 @@ Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0
     cr_assert_eq(natsConnection_SubscribeSync(&leave, nc, "sonar.leave.chillybin"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
 
-    slow_pick sp = { .base = cb.base };
+    slow_pick sp = { .base = cb.base, .path = "/pick?name=cheese&quantity=1" };
     pthread_mutex_init(&sp.lock, NULL);
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, do_slow_pick, &sp), 0);
@@ -1011,4 +1012,26 @@ Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0
     cb = chillybin_start("v1", "stock.db", NULL);
     cr_expect_eq(stock_of(cb.base, "cheese"), 19);
     cr_expect_eq(stop(cb.proc, SIGINT), 0);
+}
+
+Test(examples, jafflr_finishes_a_toastie_in_flight_on_sigterm)
+{
+    const char *slow[] = { "--slow-ms", "1000", NULL };
+    service cb = chillybin_start("v1", "stock.db", slow);
+    service jf = jafflr_start(cb.base, false);
+
+    slow_pick sp = { .base = jf.base, .path = "/toastie?i=ham" };
+    pthread_mutex_init(&sp.lock, NULL);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, do_slow_pick, &sp), 0);
+    /* The toastie is in flight once chillybin is serving its pick. */
+    cr_assert(TEST_WAIT_UNTIL(metric(cb.base, "chillybin_http_requests_in_flight") >= 2, 10000));
+    kill(jf.proc->pid, SIGTERM);
+    cr_assert(TEST_WAIT_UNTIL(proc_reaped(jf.proc), 15000), "jafflr did not exit");
+    pthread_join(t, NULL);
+    cr_expect_eq(sp.status, 200, "the toastie in flight was made");
+    cr_expect(WIFEXITED(jf.proc->status) && WEXITSTATUS(jf.proc->status) == 0);
+    pthread_mutex_destroy(&sp.lock);
+    cr_expect_eq(stock_of(cb.base, "ham"), 19);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
 }
