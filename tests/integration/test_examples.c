@@ -976,6 +976,21 @@ static bool slow_pick_done(slow_pick *sp)
     return d;
 }
 
+/*
+ * Starts GET \p path on \p base on a thread and returns once chillybin
+ * (\p chillybin_base, started with --slow-ms) is serving a pick: its
+ * in-flight gauge counts that pick and the /metrics request asking.
+ */
+static void start_in_flight(slow_pick *sp, pthread_t *t, const char *base, const char *path,
+                            const char *chillybin_base)
+{
+    *sp = (slow_pick){ .base = base, .path = path };
+    pthread_mutex_init(&sp->lock, NULL);
+    cr_assert_eq(pthread_create(t, NULL, do_slow_pick, sp), 0);
+    cr_assert(TEST_WAIT_UNTIL(metric(chillybin_base, "chillybin_http_requests_in_flight") >= 2,
+                              10000), "the request never got in flight");
+}
+
 Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0)
 {
     const char *slow[] = { "--slow-ms", "1500", NULL };
@@ -984,12 +999,9 @@ Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0
     cr_assert_eq(natsConnection_SubscribeSync(&leave, nc, "sonar.leave.chillybin"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
 
-    slow_pick sp = { .base = cb.base, .path = "/pick?name=cheese&quantity=1" };
-    pthread_mutex_init(&sp.lock, NULL);
+    slow_pick sp;
     pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, do_slow_pick, &sp), 0);
-    /* In flight: the pick and the /metrics request asking. */
-    cr_assert(TEST_WAIT_UNTIL(metric(cb.base, "chillybin_http_requests_in_flight") >= 2, 10000));
+    start_in_flight(&sp, &t, cb.base, "/pick?name=cheese&quantity=1", cb.base);
 
     kill(cb.proc->pid, SIGTERM);
     /* New connections are refused at once, while the pick is still being served. */
@@ -1020,12 +1032,9 @@ Test(examples, jafflr_finishes_a_toastie_in_flight_on_sigterm)
     service cb = chillybin_start("v1", "stock.db", slow);
     service jf = jafflr_start(cb.base, false);
 
-    slow_pick sp = { .base = jf.base, .path = "/toastie?i=ham" };
-    pthread_mutex_init(&sp.lock, NULL);
+    slow_pick sp;
     pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, do_slow_pick, &sp), 0);
-    /* The toastie is in flight once chillybin is serving its pick. */
-    cr_assert(TEST_WAIT_UNTIL(metric(cb.base, "chillybin_http_requests_in_flight") >= 2, 10000));
+    start_in_flight(&sp, &t, jf.base, "/toastie?i=ham", cb.base);
     kill(jf.proc->pid, SIGTERM);
     cr_assert(TEST_WAIT_UNTIL(proc_reaped(jf.proc), 15000), "jafflr did not exit");
     pthread_join(t, NULL);
