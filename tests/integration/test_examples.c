@@ -9,6 +9,7 @@
  * for by hand-publishing `sonar.check.v1` and reading
  * `sonar.result.<change_id>.jafflr` — passing against v1 and v2, failing
  * against the breaking `nome` variant with a message naming the endpoint;
+ * the same through the real sonard (`sonar.change.chillybin` -> report);
  * graceful shutdown finishing a request in flight and exiting 0.
  */
 #include <criterion/criterion.h>
@@ -853,6 +854,104 @@ Test(examples, jafflr_on_v2_pick_checks_v2_pick)
     expect_check(res, "v2 pick a missing ingredient", "fail",
                  (const char *const[]){ "does not mention probe-", NULL });
     json_decref(res);
+    cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+}
+
+/* ---- Through the coordinator: the gate a pipeline runs --------------------- */
+
+/* Request/reply on the bus; the parsed reply (new) or NULL. */
+static json_t *bus_request(const char *subject, const char *body, int64_t timeout_ms)
+{
+    natsMsg *m = NULL;
+    if (natsConnection_RequestString(&m, nc, subject, body, timeout_ms) != NATS_OK)
+        return NULL;
+    json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    natsMsg_Destroy(m);
+    return doc;
+}
+
+static bool sonard_answers(void)
+{
+    json_t *doc = bus_request("sonar.api.services", "{}", 200);
+    bool answered = doc != NULL;
+    json_decref(doc);
+    return answered;
+}
+
+/* True when sonard lists \p name as live. */
+static bool sonard_knows(const char *name)
+{
+    json_t *doc = bus_request("sonar.api.services", "{}", 1000);
+    bool live = false;
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(doc, "services"), i, s) {
+        const char *n = json_string_value(json_object_get(s, "service"));
+        if (n != NULL && strcmp(n, name) == 0)
+            live = json_is_true(json_object_get(s, "live"));
+    }
+    json_decref(doc);
+    return live;
+}
+
+/* Announces \p candidate as chillybin \p version to sonard; returns the report (new). */
+static json_t *announce(const service *candidate, const char *version)
+{
+    json_t *change = json_pack("{s:s, s:s, s:s, s:s, s:i}", "type", "sonar.change.v1", "service",
+                               "chillybin", "version", version, "address", candidate->base,
+                               "timeout_ms", 10000);
+    char *text = json_dumps(change, JSON_COMPACT);
+    json_decref(change);
+    json_t *report = bus_request("sonar.change.chillybin", text, 30000);
+    free(text);
+    cr_assert_not_null(report, "no report from sonard");
+    return report;
+}
+
+/* The entry of service \p name in a report, or NULL. */
+static json_t *report_entry(json_t *report, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(report, "results"), i, e) {
+        const char *n = json_string_value(json_object_get(e, "service"));
+        if (n != NULL && strcmp(n, name) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+Test(examples, sonard_passes_chillybin_v2_and_stops_nome_naming_jafflrs_check)
+{
+    char db[320];
+    snprintf(db, sizeof db, "%s/sonard.db", tmpdir);
+    const char *args[] = { "--server", natsd.url, "--db", db, "--default-timeout", "10s", NULL };
+    start("SONARD_BIN", "sonard", args, NULL);
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 15000), "sonard does not answer");
+
+    service stable = chillybin_start("v1", "stable.db", NULL);
+    service jf = jafflr_start(stable.base, false);
+    cr_assert(TEST_WAIT_UNTIL(sonard_knows("jafflr"), 15000), "sonard never saw jafflr");
+    service v2 = chillybin_start("v2", "v2.db", NULL);
+    service nome = chillybin_start("nome", "nome.db", NULL);
+
+    json_t *report = announce(&v2, "2.0.0");
+    cr_expect_str_eq(json_string_value(json_object_get(report, "verdict")), "pass");
+    json_t *entry = report_entry(report, "jafflr");
+    cr_assert_not_null(entry, "jafflr is in the report");
+    cr_expect_str_eq(status_str(entry), "pass");
+    expect_check(entry, "pick in stock", "pass",
+                 (const char *const[]){ "GET /pick is deprecated", NULL });
+    json_decref(report);
+
+    report = announce(&nome, "3.0.0");
+    cr_expect_str_eq(json_string_value(json_object_get(report, "verdict")), "fail");
+    entry = report_entry(report, "jafflr");
+    cr_assert_not_null(entry, "jafflr is in the report");
+    cr_expect_str_eq(status_str(entry), "fail");
+    expect_check(entry, "pick in stock", "fail",
+                 (const char *const[]){ "GET /pick?name=", "missing nome", NULL });
+    json_decref(report);
     cr_expect_eq(stop(jf.proc, SIGTERM), 0);
 }
 
