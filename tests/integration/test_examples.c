@@ -559,7 +559,16 @@ Test(examples, chillybin_variant_comes_from_the_environment_and_flags_are_valida
     cr_expect_str_eq(json_string_value(json_object_get(r.json, "variant")), "v2");
     reply_free(&r);
     cr_expect_eq(status_of("GET", s.base, "/v2/pick?name=ham&quantity=1"), 200);
+
+    /* A second chillybin on the same port, or on a database it cannot create, exits 1. */
+    char other_db[320];
+    snprintf(other_db, sizeof other_db, "%s/other.db", tmpdir);
+    const char *same_port[] = { "--db", other_db, "--port", port, NULL };
+    cr_expect_eq(run_to_exit("SONAR_CHILLYBIN_BIN", "port-in-use", same_port, NULL), 1);
+    cr_expect_eq(status_of("GET", s.base, "/health"), 200, "the first one is unharmed");
     cr_expect_eq(stop(s.proc, SIGTERM), 0);
+    const char *no_dir[] = { "--db", "/nonexistent-dir/x.db", "--port", port, NULL };
+    cr_expect_eq(run_to_exit("SONAR_CHILLYBIN_BIN", "bad-db", no_dir, NULL), 1);
 
     const char *env_bad[] = { "CHILLYBIN_VARIANT=v9", NULL };
     cr_expect_eq(run_to_exit("SONAR_CHILLYBIN_BIN", "bad-variant", args, env_bad), 2);
