@@ -72,6 +72,10 @@ Test(kitchen, shared_flags_are_applied_or_refused)
     cr_expect(!f.join);
     cr_expect_eq(kitchen_flag(&f, "t", 'v', "1.2.3"), 1);
     cr_expect_str_eq(f.version, "1.2.3");
+    cr_expect_eq(kitchen_flag(&f, "t", 'A', "http://10.0.0.7:8081"), 1);
+    cr_expect_str_eq(f.advertise, "http://10.0.0.7:8081");
+    cr_expect_eq(kitchen_flag(&f, "t", 'A', "10.0.0.7:8081"), -1, "no scheme");
+    cr_expect_str_eq(f.advertise, "http://10.0.0.7:8081");
     cr_expect_eq(kitchen_flag(&f, "t", 'd', "x"), 0, "not a shared flag");
 }
 

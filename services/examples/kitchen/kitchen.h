@@ -180,9 +180,12 @@ int kitchen_flag(kitchen_flags *f, const char *prog, int c, const char *arg);
 
 /* ---- Announced addresses ------------------------------------------------ */
 
+/** Longest announced base URL (--advertise), in bytes with the NUL. */
+#define KITCHEN_URL_MAX 300
+
 /** The URLs a service announces to sonar. */
 typedef struct kitchen_urls {
-    char base[300];     /**< e.g. "http://127.0.0.1:8081" */
+    char base[KITCHEN_URL_MAX]; /**< e.g. "http://127.0.0.1:8081" */
     char health[340];   /**< base + "/health" */
     char metrics[340];  /**< base + "/metrics" */
 } kitchen_urls;
