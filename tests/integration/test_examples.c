@@ -32,6 +32,7 @@
 #include <sqlite3.h>
 
 #include "natsd.h"
+#include "sonar/promtext.h"
 
 extern char **environ;
 
@@ -962,6 +963,64 @@ Test(examples, sonard_passes_chillybin_v2_and_stops_nome_naming_jafflrs_check)
                  (const char *const[]){ "GET /pick?name=", "missing nome", NULL });
     json_decref(report);
     cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+}
+
+/* Parses \p base's /metrics with libsonar's Prometheus 0.0.4 parser (new result). */
+static sonar_promtext *scrape(const char *base)
+{
+    reply r = http("GET", base, "/metrics", NULL);
+    cr_assert_eq(r.status, 200);
+    char type[128];
+    cr_expect(header_of(&r, "Content-Type", type, sizeof type) != NULL &&
+                  strstr(type, "text/plain") && strstr(type, "version=0.0.4"),
+              "Content-Type: %s", type);
+    sonar_promtext *parsed = NULL;
+    sonar_promtext_error err;
+    sonar_status st = sonar_promtext_parse(&parsed, r.body, r.len, &err);
+    cr_assert_eq(st, SONAR_OK, "%s/metrics line %zu: %s", base, err.line, err.reason);
+    reply_free(&r);
+    return parsed;
+}
+
+static void expect_family(const sonar_promtext *p, const char *name, sonar_promtext_type type,
+                          size_t min_samples)
+{
+    const sonar_promtext_family *f = sonar_promtext_family_find(p, name);
+    cr_assert_not_null(f, "no family %s", name);
+    cr_expect_eq(f->type, type, "%s is a %s", name, sonar_promtext_type_str(f->type));
+    cr_expect_geq(f->n_samples, min_samples, "%s has %zu samples", name, f->n_samples);
+    cr_expect_not_null(f->help, "%s has HELP", name);
+}
+
+Test(examples, metrics_are_valid_prometheus_text)
+{
+    service cb = chillybin_start("v2", "stock.db", NULL);
+    service jf = jafflr_start(cb.base, false);
+    cr_assert_eq(status_of("GET", jf.base, "/toastie?i=cheese&i=ham"), 200);
+    cr_assert_eq(status_of("GET", jf.base, "/toastie?i=unicorn"), 409);
+
+    sonar_promtext *p = scrape(cb.base);
+    expect_family(p, "chillybin_http_requests_total", SONAR_PROMTEXT_COUNTER, 2);
+    expect_family(p, "chillybin_http_requests_in_flight", SONAR_PROMTEXT_GAUGE, 1);
+    expect_family(p, "chillybin_picks_total", SONAR_PROMTEXT_COUNTER, 1);
+    expect_family(p, "chillybin_stock", SONAR_PROMTEXT_GAUGE, 5);
+    expect_family(p, "chillybin_info", SONAR_PROMTEXT_GAUGE, 1);
+    const sonar_promtext_family *stock = sonar_promtext_family_find(p, "chillybin_stock");
+    for (size_t i = 0; i < stock->n_samples; i++) {
+        const char *ing = sonar_promtext_label_get(&stock->samples[i], "ingredient");
+        cr_assert_not_null(ing);
+        if (strcmp(ing, "cheese") == 0 || strcmp(ing, "ham") == 0)
+            cr_expect_eq(stock->samples[i].value, 19.0, "%s", ing);
+    }
+    sonar_promtext_destroy(p);
+
+    p = scrape(jf.base);
+    expect_family(p, "jafflr_http_requests_total", SONAR_PROMTEXT_COUNTER, 2);
+    expect_family(p, "jafflr_toasties_total", SONAR_PROMTEXT_COUNTER, 1);
+    expect_family(p, "jafflr_toastie_failures_total", SONAR_PROMTEXT_COUNTER, 3);
+    sonar_promtext_destroy(p);
+    cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
 }
 
 /* ---- Concurrency and garbage ---------------------------------------------- */
