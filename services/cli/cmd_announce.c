@@ -248,6 +248,18 @@ static int run(announce *a, sonar_bus *bus, const sonar_change_msg *change, json
         } else if (tag == TAG_RESULT) {
             on_result(a, data, len);
         } else {
+            /* Results sent before the report may still sit in another
+             * subscription's delivery thread: show them first. */
+            sonar_cli_queue_settle(q, 1000);
+            natsMsg *late = NULL;
+            int late_tag = 0;
+            while (sonar_cli_queue_pop(q, 0, &late, &late_tag)) {
+                if (late_tag == TAG_RESULT)
+                    on_result(a, natsMsg_GetData(late), (size_t)natsMsg_GetDataLength(late));
+                else if (late_tag == TAG_GATHER)
+                    on_gather(a, natsMsg_GetData(late), (size_t)natsMsg_GetDataLength(late));
+                natsMsg_Destroy(late);
+            }
             clear_progress(a);
             rc = on_reply(a, msg, change_subj, report);
             natsMsg_Destroy(msg);
@@ -303,7 +315,7 @@ int sonar_cmd_announce(int argc, char **argv)
     };
     json_t *report = NULL;
     if (!json)
-        printf("announced %s %s at %s as change %s\n", change.service, change.version,
+        printf("announcing %s %s at %s as change %s\n", change.service, change.version,
                change.address, change.change_id);
     rc = a.answered ? run(&a, bus, &change, &report) : EXIT_ERROR;
     sonar_bus_destroy(bus);

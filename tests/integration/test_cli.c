@@ -567,14 +567,21 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
     start_watch(extra);
     wait_watch_ready();
     char *reg = register_json("orders", "i1");
+    char *sentinel = register_json("orders", "i2");
     natsConnection_PublishString(nc, "sonar.result.x.y", "garbage");
     natsConnection_PublishString(nc, "sonar.register.orders", reg);
     natsConnection_PublishString(nc, "sonar.register.orders", reg); /* heartbeat: not repeated */
+    natsConnection_PublishString(nc, "sonar.register.orders", sentinel);
+    natsConnection_Flush(nc);
+    free(reg);
+    free(sentinel);
+    /* Same subscription, so in order: once i2 shows, i1's heartbeat was seen. */
+    cr_assert(test_proc_wait_output(&proc, "\"instance\":\"i2\"", 10000), "%s", proc.out);
     natsConnection_PublishString(nc, "sonar.leave.orders",
                                  "{\"type\":\"sonar.leave.v1\",\"service\":\"orders\",\"instance\":\"i1\"}");
     natsConnection_Flush(nc);
-    free(reg);
     cr_assert(test_proc_wait_output(&proc, "\"event\":\"leave\"", 10000), "%s", proc.out);
+    cr_assert(test_proc_wait_output(&proc, "\"event\":\"invalid\"", 10000), "%s", proc.out);
 
     /* Every line is a JSON object; one invalid, one register, one leave. */
     int registers = 0, invalid = 0, leaves = 0;
@@ -583,10 +590,11 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
         json_t *v = json_loads(line, 0, NULL);
         cr_assert_not_null(v, "not JSON: %s", line);
         const char *ev = json_string_value(json_object_get(v, "event"));
-        if (strcmp(ev, "register") == 0) {
+        json_t *m = json_object_get(v, "message");
+        if (strcmp(ev, "register") == 0 &&
+            strcmp(json_string_value(json_object_get(m, "instance")), "i1") == 0) {
             registers++;
-            cr_assert_str_eq(json_string_value(json_object_get(json_object_get(v, "message"),
-                                                               "service")), "orders");
+            cr_assert_str_eq(json_string_value(json_object_get(m, "service")), "orders");
         }
         invalid += strcmp(ev, "invalid") == 0;
         leaves += strcmp(ev, "leave") == 0;

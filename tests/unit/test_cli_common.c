@@ -34,9 +34,9 @@ Test(cli_common, parses_own_and_common_options_in_any_order, .init = reset)
 {
     sonar_cli_args a;
     char err[256] = "";
-    char *argv[] = {"announce", "--address", "http://x:1", "chillybin", "--json",
+    char *argv[32] = {"announce", "--address", "http://x:1", "chillybin", "--json",
                     "--version=2.0.0", "--server", "nats://h:4222", "--user=u", "--password",
-                    "p", "--token", "t", "--creds", "c.creds", "--nkey", "seed", "--tlsca",
+                    "p", "--token", "t", "--creds", "c.creds", "--nkey", "UKEY", "--nkey-seed", "seed", "--tlsca",
                     "ca.pem", "--tlscert", "cert.pem", "--tlskey", "key.pem", "-n", "5", NULL};
     cr_assert(parse(&a, 1, err, sizeof err, argv), "%s", err);
     cr_assert_str_eq(address, "http://x:1");
@@ -50,6 +50,7 @@ Test(cli_common, parses_own_and_common_options_in_any_order, .init = reset)
     cr_assert_str_eq(a.bus.password, "p");
     cr_assert_str_eq(a.bus.token, "t");
     cr_assert_str_eq(a.bus.creds_file, "c.creds");
+    cr_assert_str_eq(a.bus.nkey_public, "UKEY");
     cr_assert_str_eq(a.bus.nkey_seed_file, "seed");
     cr_assert_str_eq(a.bus.tls_ca, "ca.pem");
     cr_assert_str_eq(a.bus.tls_cert, "cert.pem");
