@@ -235,6 +235,30 @@ Test(cli, announce_passes_with_exit_0_results_first_then_table, .init = setup, .
     scripted_stop(&s);
 }
 
+Test(cli, announce_on_a_terminal_draws_a_live_progress_line, .init = setup, .fini = teardown)
+{
+    scripted_entry entries[] = {{"orders", SONAR_FAIL, "pick", fail_msg, NULL},
+                                {"menu", SONAR_PASS, "list", "", NULL}};
+    scripted s = {.entries = entries, .n_entries = 2};
+    scripted_start(&s, "chillybin");
+    char *argv[] = {(char *)test_bin("SONAR_CLI_BIN"), "announce", "chillybin", "--address",
+                    "http://x", "--version", "2", "--server", natsd.url, NULL};
+    cr_assert(test_proc_start_pty(&proc, argv));
+    int rc = test_proc_wait(&proc, 30000);
+    cr_assert_eq(rc, 1, "exit %d\n%s", rc, proc.out);
+    /* The progress line is redrawn in place: carriage return + erase line. */
+    cr_assert(strstr(proc.out, "\r\033[K") != NULL, "%s", proc.out);
+    cr_assert(strstr(proc.out, " answered") != NULL, "%s", proc.out);
+    cr_assert(strstr(proc.out, "waiting for 2 services") == NULL, "plain lines only off a terminal");
+    const char *result = strstr(proc.out, "orders: fail");
+    const char *table = strstr(proc.out, "SERVICE");
+    cr_assert(result && table && result < table, "%s", proc.out);
+    /* The progress line is erased before the table: nothing of it is left
+     * on the table's lines. */
+    cr_assert(strstr(table, "answered") == NULL, "%s", table);
+    scripted_stop(&s);
+}
+
 Test(cli, announce_fail_shows_the_check_message_and_exits_1, .init = setup, .fini = teardown)
 {
     scripted_entry entries[] = {{"orders", SONAR_FAIL, "pick", fail_msg, NULL},
