@@ -476,8 +476,10 @@ Test(cli, graph_prints_dot, .init = setup, .fini = teardown)
     api_start(&a, "sonar.api.graph",
               "{\"type\":\"sonar.graph.v1\",\"nodes\":[\"orders\",\"chillybin\"],"
               "\"edges\":[{\"from\":\"orders\",\"to\":\"chillybin\",\"checks\":[\"pick\"]}]}");
+    /* The server from NATS_URL when there is no --server. */
+    setenv("NATS_URL", natsd.url, 1);
     const char *args[] = {"graph", NULL};
-    cr_assert_eq(cli(natsd.url, args), 0, "%s", proc.err);
+    cr_assert_eq(cli(NULL, args), 0, "%s", proc.err);
     cr_assert(strncmp(proc.out, "digraph sonar {\n", 16) == 0, "%s", proc.out);
     cr_assert(strstr(proc.out, "\"orders\" -> \"chillybin\" [label=\"pick\"];\n") != NULL);
     cr_assert(strcmp(proc.out + proc.out_len - 2, "}\n") == 0);

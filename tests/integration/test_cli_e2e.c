@@ -189,6 +189,14 @@ Test(cli_e2e, announce_fail_then_report_history_services_graph, .init = setup,
     cr_assert(strstr(table, fail_msg) != NULL, "failing message in the table:\n%s", proc.out);
     cr_assert(strstr(proc.out, "verdict: FAIL") != NULL);
 
+    /* Announcing the same change id again is safe: the same report. */
+    char *first_out = strdup(strstr(proc.out, "SERVICE"));
+    rc = cli(args);
+    cr_assert_eq(rc, 1, "exit %d\n%s\n%s", rc, proc.out, proc.err);
+    cr_assert(strstr(proc.out, first_out) != NULL, "re-announce shows the stored report:\n%s\n%s",
+              first_out, proc.out);
+    free(first_out);
+
     const char *report[] = {"report", "e2e-fail", NULL};
     cr_assert_eq(cli(report), 0, "%s", proc.err);
     cr_assert(strstr(proc.out, fail_msg) != NULL, "%s", proc.out);
@@ -316,6 +324,24 @@ Test(cli_e2e, watch_since_replays_reports_from_the_stream, .init = setup, .fini 
     cr_assert(strstr(proc.out, "report   change old-change of chillybin 1.0.0: pass") != NULL,
               "%s", proc.out);
     cr_assert(strstr(proc.out, "[replayed]") != NULL, "%s", proc.out);
+
+    /* A new report reaches watch through the stream and live: shown once. */
+    r.change_id = "new-change";
+    cr_assert_eq(sonar_report_encode(&r, &text), SONAR_OK);
+    cr_assert_eq(js_Publish(&ack, js, "sonar.events.report.chillybin", text, (int)strlen(text),
+                            NULL, &jerr), NATS_OK);
+    jsPubAck_Destroy(ack);
+    cr_assert(test_proc_wait_output(&proc, "new-change", 10000), "%s", proc.out);
+    natsConnection_PublishString(nc, "sonar.report.chillybin", text);
+    free(text);
+    r.change_id = "sentinel";
+    cr_assert_eq(sonar_report_encode(&r, &text), SONAR_OK);
+    natsConnection_PublishString(nc, "sonar.report.chillybin", text); /* same subscription */
+    natsConnection_Flush(nc);
+    free(text);
+    cr_assert(test_proc_wait_output(&proc, "sentinel", 10000), "%s", proc.out);
+    const char *first = strstr(proc.out, "new-change");
+    cr_assert(strstr(first + 1, "new-change") == NULL, "shown twice:\n%s", proc.out);
     kill(proc.pid, SIGINT);
     cr_assert_eq(test_proc_wait(&proc, 10000), 0, "%s", proc.err);
     jsCtx_Destroy(js);
