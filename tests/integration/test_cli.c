@@ -367,6 +367,9 @@ Test(cli, announce_with_unreachable_bus_exits_3, .init = setup, .fini = teardown
     const char *svc[] = {"services", NULL};
     cr_assert_eq(cli(url, svc), 3);
     assert_one_line_reason();
+    const char *watch[] = {"watch", NULL};
+    cr_assert_eq(cli(url, watch), 3, "%s", proc.err);
+    assert_one_line_reason();
 }
 
 Test(cli, announce_bad_arguments_exit_3_before_touching_the_bus)
