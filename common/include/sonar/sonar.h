@@ -11,6 +11,7 @@
 #include "sonar/bus.h"
 #include "sonar/service.h"
 #include "sonar/http.h"
+#include "sonar/checktable.h"
 #include "sonar/log.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
