@@ -15,5 +15,6 @@
 #include "sonar/log.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
+#include "sonar/statusstore.h"
 
 #endif
