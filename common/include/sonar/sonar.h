@@ -13,6 +13,7 @@
 #include "sonar/http.h"
 #include "sonar/checktable.h"
 #include "sonar/log.h"
+#include "sonar/outbox.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
 #include "sonar/statusstore.h"
