@@ -397,9 +397,29 @@ static int total_reports(report_count *rc)
     return n;
 }
 
+/* How many coordinators answer $SRV.PING.sonard within 300 ms. */
+static int count_sonards(void)
+{
+    natsInbox *inbox;
+    natsSubscription *sub;
+    natsInbox_Create(&inbox);
+    natsConnection_SubscribeSync(&sub, nc, inbox);
+    natsConnection_PublishRequestString(nc, "$SRV.PING.sonard", inbox, "");
+    int n = 0;
+    natsMsg *m;
+    while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
+        n++;
+        natsMsg_Destroy(m);
+    }
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    return n;
+}
+
 Test(coordinator, two_coordinators_give_one_report_per_change)
 {
     start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(count_sonards() == 2, 10000), "the second sonard is up");
     const char *names[] = {"alpha", "beta"};
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     start_service("beta", NULL, NULL, NULL, NULL);
@@ -588,9 +608,47 @@ Test(coordinator, garbage_on_every_subject_gets_errors_and_is_survived)
     cr_assert_eq(waitpid(sonard_pid, &status, WNOHANG), 0, "sonard is still running");
 }
 
-Test(coordinator, sigterm_stops_sonard_gracefully)
+Test(coordinator, sigterm_ends_running_gathers_and_stops_sonard_gracefully)
 {
+    const char *names[] = {"alpha", "frozen"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    pid_t frozen = start_service("frozen", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    json_t *done = announce("chillybin", "before-stop", 5000);
+    json_decref(done);
+    stop_pid(frozen, SIGSTOP);
+    natsInbox *inbox;
+    natsSubscription *sub;
+    natsSubscription *gathering;
+    natsInbox_Create(&inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&gathering, nc, "sonar.gather.at-stop"), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox,
+        "{\"type\":\"sonar.change.v1\",\"change_id\":\"at-stop\",\"service\":\"chillybin\","
+        "\"version\":\"2\",\"address\":\"http://h:1\",\"timeout_ms\":60000}"), NATS_OK);
+    /* The gather is under way once sonard announced it. */
+    natsMsg *g = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&g, gathering, 10000), NATS_OK);
+    json_t *gdoc = json_loadb(natsMsg_GetData(g), (size_t)natsMsg_GetDataLength(g), 0, NULL);
+    cr_assert_str_eq(str(gdoc, "type"), "sonar.gather.v1");
+    cr_assert_eq(json_array_size(json_object_get(gdoc, "expected")), 2);
+    json_decref(gdoc);
+    natsMsg_Destroy(g);
+    natsSubscription_Destroy(gathering);
+    int64_t t0 = test_now_ms();
     kill(sonard_pid, SIGTERM);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, sub, 20000), NATS_OK, "the waiting caller is answered");
+    cr_assert_lt(test_now_ms() - t0, 20000, "not at the 60 s deadline");
+    json_t *r = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    cr_assert_str_eq(str(r, "verdict"), "incomplete");
+    cr_assert_str_eq(str(result_of(r, "frozen"), "reason"),
+                     "no answer before the coordinator shut down");
+    json_decref(r);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    kill(frozen, SIGCONT);
     int status = 0;
     cr_assert(TEST_WAIT_UNTIL(waitpid(sonard_pid, &status, WNOHANG) == sonard_pid, 10000));
     for (int i = 0; i < n_pids; i++)
