@@ -88,6 +88,7 @@ struct sonar_service {
 
     pthread_mutex_t lock;
     pthread_cond_t cond;   /* signalled on stop and when threads/jobs change */
+    pthread_cond_t job_cond; /* endpoint workers only: a job was queued, or stop */
     bool started;
     bool stopping;
     bool stopped;
@@ -229,6 +230,7 @@ sonar_status sonar_service_create(sonar_service **out, sonar_bus *bus,
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&svc->lock, NULL);
     pthread_cond_init(&svc->cond, NULL);
+    pthread_cond_init(&svc->job_cond, NULL);
     svc->bus = bus;
     svc->nc = sonar_bus_nats(bus);
     svc->name = xstrdup(cfg->name);
@@ -944,7 +946,7 @@ static void *worker_thread(void *arg)
     pthread_mutex_lock(&svc->lock);
     for (;;) {
         while (svc->queue_head == NULL && !svc->stopping)
-            pthread_cond_wait(&svc->cond, &svc->lock);
+            pthread_cond_wait(&svc->job_cond, &svc->lock);
         job *j = svc->queue_head;
         if (j == NULL)
             break; /* stopping and drained */
@@ -977,7 +979,9 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
             svc->queue_head = j;
         svc->queue_tail = j;
         svc->queue_len++;
-        pthread_cond_signal(&svc->cond);
+        /* Its own condition: a signal on svc->cond could wake the heartbeat
+         * thread instead of a worker and leave the job queued. */
+        pthread_cond_signal(&svc->job_cond);
     }
     pthread_mutex_unlock(&svc->lock);
     if (full) {
@@ -1120,6 +1124,7 @@ void sonar_service_stop(sonar_service *svc)
     pthread_mutex_lock(&svc->lock);
     svc->stopping = true;
     pthread_cond_broadcast(&svc->cond);
+    pthread_cond_broadcast(&svc->job_cond);
     pthread_mutex_unlock(&svc->lock);
     if (svc->heartbeat_running)
         pthread_join(svc->heartbeat, NULL);
@@ -1167,5 +1172,6 @@ void sonar_service_destroy(sonar_service *svc)
     free(svc->metrics);
     pthread_mutex_destroy(&svc->lock);
     pthread_cond_destroy(&svc->cond);
+    pthread_cond_destroy(&svc->job_cond);
     free(svc);
 }
