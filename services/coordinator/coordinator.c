@@ -334,6 +334,8 @@ static sonar_status on_change(sonar_request *req, void *closure)
                                                                               : "";
     if (!sonar_name_valid(name))
         return sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
+    sonar_log(SONAR_LOG_DEBUG, "announcement on %s: %.*s", subject, (int)sonar_request_len(req),
+              sonar_request_data(req));
     sonar_change_msg ch = {0};
     sonar_status s = sonar_change_decode(&ch, sonar_request_data(req), sonar_request_len(req));
     if (s != SONAR_OK)
