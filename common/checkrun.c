@@ -36,6 +36,31 @@ typedef struct run {
     bool failed;
 } run;
 
+/*
+ * Makes a message one line of valid UTF-8 in place (it goes into JSON
+ * results, TAP and XML): control characters become spaces, bytes that are
+ * not part of a UTF-8 sequence (e.g. a body snippet cut mid-character)
+ * become '?'.
+ */
+static void one_utf8_line(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        unsigned char c = *p;
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = n > 0;
+        for (size_t k = 1; k < n && ok; k++)
+            ok = (p[k] & 0xC0) == 0x80;
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        if (n == 1 && (c < 0x20 || c == 0x7f))
+            *p = ' ';
+        p += n;
+    }
+}
+
 /* Records the first failure as "<label>: <reason>"; returns false. */
 static bool failf(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -51,6 +76,7 @@ static bool failf(run *r, const char *fmt, ...)
     va_end(ap);
     if (snprintf(r->out->message, sizeof r->out->message, "%s: %s", r->label, reason) < 0)
         r->out->message[0] = '\0';
+    one_utf8_line(r->out->message);
     return false;
 }
 

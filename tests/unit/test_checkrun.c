@@ -146,6 +146,25 @@ Test(checkrun, body_expectations)
                 "step 1 GET /health: body does not match /^ok$/ (body: \"status: ok\")");
 }
 
+Test(checkrun, messages_are_one_line_of_valid_utf8)
+{
+    /* 79 ASCII bytes then "é": the 80-byte snippet cuts the character in two. */
+    char body[128];
+    memset(body, 'a', 79);
+    strcpy(body + 79, "\xc3\xa9\nsecond line\xff");
+    test_httpd_route(srv, "GET", "/odd", 200, body, NULL);
+    char *tb = one_step("{\"http\":{\"path\":\"/odd\"},\"expect\":{\"body\":{\"contains\":"
+                        "\"zzz\"}}}");
+    sonar_checkrun_result r = run_case(tb, "c");
+    free(tb);
+    cr_assert_not(r.passed);
+    cr_assert_null(strchr(r.message, '\n'), "%s", r.message);
+    json_t *s = json_string(r.message);
+    cr_assert_not_null(s, "message is not valid UTF-8: %s", r.message);
+    json_decref(s);
+    cr_assert(strstr(r.message, "aaaa?...\")") != NULL, "%s", r.message);
+}
+
 Test(checkrun, json_expectations)
 {
     test_httpd_route(srv, "GET", "/j", 200,

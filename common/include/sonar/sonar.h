@@ -13,5 +13,8 @@
 #include "sonar/http.h"
 #include "sonar/checktable.h"
 #include "sonar/log.h"
+#include "sonar/outbox.h"
+#include "sonar/promtext.h"
+#include "sonar/health.h"
 
 #endif

@@ -1,0 +1,37 @@
+/*
+ * SQLite helpers shared by the outbox and the inbox (not installed).
+ * Every failure is recorded with sonar__fail() and the SQLite detail.
+ */
+#ifndef SONAR_DB_INTERNAL_H
+#define SONAR_DB_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "sonar/status.h"
+
+/* Records "<what>: <sqlite message>" and returns SONAR_ERR_DB. */
+sonar_status sonar__db_fail(sqlite3 *db, const char *what);
+
+/* Runs SQL without results. */
+sonar_status sonar__db_exec(sqlite3 *db, const char *sql);
+
+/* Prepares one statement (persistent when it is reused). */
+sonar_status sonar__db_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out);
+
+/* Opens an existing database file (never creates it). read_only selects the
+ * mode. Sets a 5 s busy timeout. SONAR_ERR_NOT_FOUND when the file does not
+ * exist, SONAR_ERR_DB otherwise. */
+sonar_status sonar__db_open_existing(sqlite3 **out, const char *path, bool read_only);
+
+/* One integer from a single-row query with an optional text bind (?1); writes
+ * def when there is no row or the value is NULL. */
+sonar_status sonar__db_int(sqlite3 *db, const char *sql, const char *arg, int64_t def,
+                           int64_t *out);
+
+/* True when table `name` exists. */
+bool sonar__db_has_table(sqlite3 *db, const char *name);
+
+#endif

@@ -1,0 +1,192 @@
+/* Outbox producer side and operator functions, SQLite only (no NATS). */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "natsd.h"
+#include "sonar/sonar.h"
+
+static char dir[256], path[300];
+static sqlite3 *db;
+
+static void setup(void)
+{
+    cr_assert(test_mkdtemp(dir, sizeof dir, "outbox-unit"));
+    snprintf(path, sizeof path, "%s/app.db", dir);
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(sonar_outbox_migrate(db), SONAR_OK, "%s", sonar_last_error());
+}
+
+static void teardown(void)
+{
+    sqlite3_close(db);
+    test_rmtree(dir);
+}
+
+TestSuite(outbox, .init = setup, .fini = teardown);
+
+static long long count(const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+Test(outbox, migrate_is_idempotent_keeps_the_outbox_id_and_enables_wal)
+{
+    sonar_outbox_db_status a, b;
+    cr_assert_eq(sonar_outbox_db_status_read(&a, path), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_migrate(db), SONAR_OK);
+    cr_assert_eq(sonar_outbox_db_status_read(&b, path), SONAR_OK);
+    cr_assert_str_eq(a.outbox_id, b.outbox_id);
+    cr_assert_eq(strlen(a.outbox_id), 22);
+    cr_assert_eq(a.schema_version, SONAR_OUTBOX_SCHEMA_VERSION);
+    sqlite3_stmt *st = NULL;
+    sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+}
+
+Test(outbox, migrate_refuses_a_newer_schema_and_an_open_transaction)
+{
+    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    cr_assert_eq(sonar_outbox_migrate(db), SONAR_ERR_STATE);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_exec(db, "UPDATE sonar_outbox_meta SET value='99' WHERE key='schema_version'", NULL,
+                 NULL, NULL);
+    cr_assert_eq(sonar_outbox_migrate(db), SONAR_ERR_DB);
+    cr_assert(strstr(sonar_last_error(), "newer") != NULL, "%s", sonar_last_error());
+}
+
+Test(outbox, enqueue_commits_and_rolls_back_with_the_callers_transaction)
+{
+    int64_t id1 = 0, id2 = 0;
+    sqlite3_exec(db, "CREATE TABLE orders(id INTEGER)", NULL, NULL, NULL);
+    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    sqlite3_exec(db, "INSERT INTO orders VALUES (1)", NULL, NULL, NULL);
+    cr_assert_eq(sonar_outbox_enqueue(&id1, db, "orders.created", "{}", 2, NULL), SONAR_OK);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox"), 0);
+    const char *hdrs[] = {"Content-Type", "application/json", "X-Trace", "abc", NULL};
+    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    cr_assert_eq(sonar_outbox_enqueue(&id2, db, "orders.created", "{}", 2, hdrs), SONAR_OK,
+                 "%s", sonar_last_error());
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL"), 1);
+    cr_assert_gt(id2, 0);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE headers LIKE '%X-Trace%'"), 1);
+    sonar_outbox_db_status st;
+    cr_assert_eq(sonar_outbox_db_status_read(&st, path), SONAR_OK);
+    cr_assert_eq(st.pending, 1);
+}
+
+Test(outbox, row_ids_are_never_reused_after_delete)
+{
+    int64_t a = 0, b = 0;
+    cr_assert_eq(sonar_outbox_enqueue(&a, db, "x.y", "1", 1, NULL), SONAR_OK);
+    sqlite3_exec(db, "DELETE FROM sonar_outbox", NULL, NULL, NULL);
+    cr_assert_eq(sonar_outbox_enqueue(&b, db, "x.y", "2", 1, NULL), SONAR_OK);
+    cr_assert_gt(b, a, "a deleted id was reused: its message id would be de-duplicated");
+}
+
+Test(outbox, enqueue_refuses_bad_subjects_and_headers_with_a_reason)
+{
+    const char *bad[] = {"", "a..b", ".a", "a.", "a.*", "a.>", "a b", "a\tb", "ä.b", NULL};
+    for (int i = 0; bad[i]; i++) {
+        cr_assert_eq(sonar_outbox_enqueue(NULL, db, bad[i], "x", 1, NULL), SONAR_ERR_INVALID,
+                     "subject \"%s\" accepted", bad[i]);
+        cr_assert(strstr(sonar_last_error(), "subject") != NULL);
+    }
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, NULL, "x", 1, NULL), SONAR_ERR_INVALID);
+    char longsubj[300];
+    memset(longsubj, 'a', sizeof longsubj - 1);
+    longsubj[sizeof longsubj - 1] = '\0';
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, longsubj, "x", 1, NULL), SONAR_ERR_INVALID);
+    const char *reserved[] = {"nats-msg-id", "x", NULL};
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b", "x", 1, reserved), SONAR_ERR_INVALID);
+    cr_assert(strstr(sonar_last_error(), "reserved") != NULL);
+    const char *expected[] = {"Nats-Expected-Stream", "S", NULL};
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b", "x", 1, expected), SONAR_ERR_INVALID);
+    const char *crlf[] = {"X", "a\r\nInjected: 1", NULL};
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b", "x", 1, crlf), SONAR_ERR_INVALID);
+    const char *colon[] = {"X:Y", "v", NULL};
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b", "x", 1, colon), SONAR_ERR_INVALID);
+    const char *novalue[] = {"X", NULL};
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b", "x", 1, novalue), SONAR_ERR_INVALID);
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b", NULL, 3, NULL), SONAR_ERR_INVALID);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox"), 0, "a refused event was stored");
+    cr_assert_eq(sonar_outbox_enqueue(NULL, db, "a.b-c_d.$e", NULL, 0, NULL), SONAR_OK);
+}
+
+Test(outbox, enqueue_without_migrate_fails_with_a_hint)
+{
+    sqlite3 *other = NULL;
+    char p2[320];
+    snprintf(p2, sizeof p2, "%s/plain.db", dir);
+    cr_assert_eq(sqlite3_open(p2, &other), SQLITE_OK);
+    cr_assert_eq(sonar_outbox_enqueue(NULL, other, "a.b", "x", 1, NULL), SONAR_ERR_DB);
+    cr_assert(strstr(sonar_last_error(), "migrate") != NULL, "%s", sonar_last_error());
+    sqlite3_exec(other, "CREATE TABLE t(x)", NULL, NULL, NULL);
+    sqlite3_close(other);
+    sonar_outbox_db_status st;
+    cr_assert_eq(sonar_outbox_db_status_read(&st, p2), SONAR_ERR_INVALID);
+    char p3[320];
+    snprintf(p3, sizeof p3, "%s/missing.db", dir);
+    cr_assert_eq(sonar_outbox_db_status_read(&st, p3), SONAR_ERR_NOT_FOUND);
+    cr_assert_eq(sonar_outbox_requeue(p3, 1), SONAR_ERR_NOT_FOUND);
+}
+
+static void insert_dead(long long id, const char *subject, const char *error)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO sonar_outbox_dead(id, subject, payload, headers, created_ms, attempts,"
+             " error, dead_ms) VALUES (%lld, '%s', x'6869', NULL, 1, 3, '%s', 2)",
+             id, subject, error);
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+}
+
+Test(outbox, dead_rows_are_listed_requeued_with_their_id_and_dropped)
+{
+    insert_dead(7, "a.b", "too large");
+    insert_dead(9, "c.d", "no stream");
+    sonar_outbox_dead_row *rows = NULL;
+    size_t n = 0;
+    cr_assert_eq(sonar_outbox_dead_list(&rows, &n, path), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(n, 2);
+    cr_assert_eq(rows[0].id, 7);
+    cr_assert_str_eq(rows[0].subject, "a.b");
+    cr_assert_str_eq(rows[0].error, "too large");
+    cr_assert_eq(rows[0].payload_len, 2);
+    cr_assert_eq(memcmp(rows[0].payload, "hi", 2), 0);
+    cr_assert_eq(rows[0].attempts, 3);
+    sonar_outbox_dead_rows_free(rows, n);
+
+    cr_assert_eq(sonar_outbox_requeue(path, 7), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE id=7 AND sent_ms IS NULL"
+                       " AND attempts=0"), 1);
+    cr_assert_eq(sonar_outbox_requeue(path, 7), SONAR_ERR_NOT_FOUND);
+    cr_assert_eq(sonar_outbox_drop(path, 9), SONAR_OK);
+    cr_assert_eq(sonar_outbox_drop(path, 9), SONAR_ERR_NOT_FOUND);
+    cr_assert(strstr(sonar_last_error(), "9") != NULL);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox_dead"), 0);
+}
+
+Test(outbox, relay_create_refuses_bad_config)
+{
+    sonar_outbox *ob = NULL;
+    sonar_outbox_config cfg = {.max_in_flight = -1};
+    /* The config is checked before anything touches the connection. */
+    natsConnection *fake = (natsConnection *)(void *)&cfg;
+    cr_assert_eq(sonar_outbox_create(&ob, fake, path, &cfg), SONAR_ERR_INVALID);
+    sonar_outbox_config cfg2 = {.idle_min_ms = 500, .idle_max_ms = 100};
+    cr_assert_eq(sonar_outbox_create(&ob, fake, path, &cfg2), SONAR_ERR_INVALID);
+    cr_assert_null(ob);
+    cr_assert_eq(sonar_outbox_create(&ob, NULL, path, NULL), SONAR_ERR_INVALID);
+    sonar_outbox_destroy(NULL);
+}
