@@ -76,7 +76,8 @@ struct sonar_service {
     size_t n_deps;
     check_def *checks;
     size_t n_checks;
-    endpoint **endpoints; /* [0] is the check endpoint */
+    endpoint **endpoints; /* [0] is the check endpoint unless no_check_endpoint */
+    bool answers_checks;
     size_t n_endpoints;
     int n_workers;
 
@@ -265,7 +266,12 @@ sonar_status sonar_service_create(sonar_service **out, sonar_bus *bus,
     }
     sonar_http_global_init();
 
-    /* The check endpoint is always first so $SRV lists it. */
+    svc->answers_checks = !cfg->no_check_endpoint;
+    if (!svc->answers_checks) {
+        *out = svc;
+        return SONAR_OK;
+    }
+    /* The check endpoint comes first so $SRV lists it first. */
     endpoint *ep = calloc(1, sizeof *ep);
     svc->endpoints = calloc(1, sizeof *svc->endpoints);
     if (ep == NULL || svc->endpoints == NULL) {
@@ -317,6 +323,8 @@ sonar_status sonar_service_depend(sonar_service *svc, const char *dependency)
 sonar_status sonar_service_add_check(sonar_service *svc, const char *dependency,
                                      const char *check_name, sonar_check_fn fn, void *closure)
 {
+    if (!svc->answers_checks)
+        return sonar__fail(SONAR_ERR_STATE, "this service was created with no_check_endpoint");
     sonar_status st = sonar_service_depend(svc, dependency);
     if (st != SONAR_OK)
         return st;
@@ -1034,13 +1042,15 @@ sonar_status sonar_service_start(sonar_service *svc)
     svc->started = true;
     svc->started_wall_ms = sonar_wall_ms();
 
-    natsStatus s = natsConnection_QueueSubscribe(&svc->endpoints[0]->sub, svc->nc,
-                                                 svc->endpoints[0]->subject,
-                                                 svc->endpoints[0]->queue_group, on_check, svc);
+    natsStatus s = NATS_OK;
+    if (svc->answers_checks)
+        s = natsConnection_QueueSubscribe(&svc->endpoints[0]->sub, svc->nc,
+                                          svc->endpoints[0]->subject,
+                                          svc->endpoints[0]->queue_group, on_check, svc);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&svc->discover_sub, svc->nc, SONAR_SUBJ_DISCOVER, on_discover,
                                      svc);
-    for (size_t i = 1; s == NATS_OK && i < svc->n_endpoints; i++) {
+    for (size_t i = svc->answers_checks ? 1 : 0; s == NATS_OK && i < svc->n_endpoints; i++) {
         endpoint *ep = svc->endpoints[i];
         s = natsConnection_QueueSubscribe(&ep->sub, svc->nc, ep->subject, ep->queue_group,
                                           on_endpoint_msg, ep);

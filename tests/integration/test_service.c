@@ -463,3 +463,35 @@ Test(service, bus_refuses_unreachable_server_and_bad_auth_files)
     cr_assert(strstr(sonar_last_error(), "user.creds") != NULL);
     cr_assert_null(b);
 }
+
+Test(service, no_check_endpoint_never_answers_checks)
+{
+    sonar_service_config cfg = {.name = "coord", .version = "1.0.0", .instance = "c1",
+                                .no_check_endpoint = true};
+    sonar_service *svc = NULL;
+    cr_assert_eq(sonar_service_create(&svc, bus, &cfg), SONAR_OK);
+    cr_assert_eq(sonar_service_add_check(svc, "x", "y", check_pass, NULL), SONAR_ERR_STATE);
+    cr_assert_eq(sonar_service_add_endpoint(svc, "echo", "coord.echo", NULL, echo_handler, NULL), SONAR_OK);
+    start(svc);
+    /* A service that does answer, as a marker that the request went round. */
+    sonar_service *other = join("other", NULL);
+    start(other);
+    test_collector *results = test_collector_create(test_nc, "sonar.result.nc1.*");
+    publish_check("chillybin", "nc1", 5000);
+    cr_assert(test_collector_wait(results, 1, 3000));
+    natsMsg *m = request("$SRV.INFO.coord", "");
+    json_t *info = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    json_t *eps = json_object_get(info, "endpoints");
+    cr_assert_eq(json_array_size(eps), 1);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(eps, 0), "name")), "echo");
+    json_decref(info);
+    natsMsg_Destroy(m);
+    m = request("coord.echo", "ping");
+    cr_assert_eq(natsMsg_GetDataLength(m), 4);
+    natsMsg_Destroy(m);
+    cr_assert_eq(test_collector_count(results), 1, "only the marker answered");
+    cr_assert_str_eq(test_collector_subject(results, 0), "sonar.result.nc1.other");
+    test_collector_destroy(results);
+    sonar_service_destroy(other);
+    sonar_service_destroy(svc);
+}
