@@ -472,6 +472,7 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
             .version = c->version,
             .description = "sonar coordinator: gathers checks for announced changes",
             .endpoint_workers = cfg->workers,
+            .no_check_endpoint = true, /* a coordinator does not answer checks */
         };
         s = sonar_service_create(&c->svc, bus, &sc);
     }
