@@ -342,6 +342,7 @@ static sonar_status on_change(sonar_request *req, void *closure)
         return sonar_request_respond_error(req, sonar_reply_code(s), "invalid change: %s",
                                            sonar_last_error());
     char generated[32];
+    bool fresh_id = ch.change_id == NULL;
     sonar_gather *ga = NULL;
     char *report = NULL;
     sonar_outcome verdict = SONAR_INCOMPLETE;
@@ -363,7 +364,9 @@ static sonar_status on_change(sonar_request *req, void *closure)
         ch.timeout_ms = c->cfg.default_timeout_ms;
     /* A retry: the gather still running, else the stored report, else a new gather. */
     if (sonar_gatherer_join(c->gatherer, ch.change_id, &ga) != SONAR_OK) {
-        s = sonar_store_get_report(c->store, ch.change_id, &report);
+        /* An id we just generated cannot have a report yet. */
+        s = fresh_id ? sonar__fail(SONAR_ERR_NOT_FOUND, "new change")
+                     : sonar_store_get_report(c->store, ch.change_id, &report);
         if (s == SONAR_OK) {
             sonar_request_respond(req, report, strlen(report));
             goto out;
@@ -383,14 +386,15 @@ static sonar_status on_change(sonar_request *req, void *closure)
     } else if (joined) {
         sonar_request_respond(req, report, strlen(report));
     } else {
-        /* Stored before the reply: whoever holds the report can look it up. */
+        /* Reply first (latency), then publish and store. The gather stays in
+         * the table until stored, so a retry meanwhile joins it. */
+        sonar_request_respond(req, report, strlen(report));
+        publish_report(c, ch.service, report);
         if (sonar_store_put_report(c->store, ch.change_id, ch.service,
                                    sonar_outcome_str(verdict), sonar_wall_ms(),
                                    report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
-        sonar_request_respond(req, report, strlen(report));
-        publish_report(c, ch.service, report);
         sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
                   ch.version, sonar_outcome_str(verdict));
     }

@@ -335,6 +335,9 @@ int main(int argc, char **argv)
     }
     natsConnection_Destroy(client);
     test_natsd_destroy(&nd);
-    test_rmtree(dir);
+    if (getenv("BENCH_KEEP") == NULL)
+        test_rmtree(dir);
+    else
+        printf("sonard log kept in %s\n", log);
     return 0;
 }

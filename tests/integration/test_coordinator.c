@@ -446,6 +446,18 @@ Test(coordinator, two_coordinators_give_one_report_per_change)
         snprintf(cid, sizeof cid, "two-%d", i);
         cr_assert_eq(json_integer_value(json_object_get(rc.ids, cid)), 1, "%s", cid);
     }
+    /* Each coordinator stores the other's reports: asked often enough, both answer. */
+    for (int i = 0; i < 8; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"change_id\":\"two-%d\"}", i);
+        for (int k = 0; k < 6; k++) {
+            json_t *stored = NULL;
+            cr_assert(TEST_WAIT_UNTIL(
+                (json_decref(stored), stored = request("sonar.api.report", body, 1000),
+                 strcmp(str(stored, "type"), "sonar.report.v1") == 0), 3000), "%s", body);
+            json_decref(stored);
+        }
+    }
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
     json_decref(rc.ids);
@@ -457,6 +469,12 @@ Test(coordinator, a_restarted_coordinator_keeps_history_and_rebuilds_the_registr
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
     json_t *before = announce("chillybin", "chg-keep", 5000);
+    /* The report is stored right after the reply. */
+    json_t *stored = NULL;
+    cr_assert(TEST_WAIT_UNTIL((json_decref(stored),
+                               stored = request("sonar.api.report", "{\"change_id\":\"chg-keep\"}", 1000),
+                               json_equal(stored, before)), 3000));
+    json_decref(stored);
     stop_pid(sonard_pid, SIGKILL);
     /* Registered while no coordinator runs, beating only every minute: only
      * sonar.discover at the restart can make it known quickly. */
