@@ -890,6 +890,11 @@ sonar_status sonar_checkrun_case(const sonar_checkcase *c, const sonar_checkrun_
     r.vars = json_object();
     if (r.vars == NULL)
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    char run_id[23];
+    sonar_random_id(run_id);
+    for (char *p = run_id; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    json_object_set_new(r.vars, SONAR__RUN_ID_VAR, json_string(run_id));
     merge_vars(r.vars, c->table->vars);
     merge_vars(r.vars, json_object_get(c->json, "vars"));
 

@@ -697,7 +697,8 @@ static sonar_status check_expect(validator *v, json_t *ex)
 
 static bool var_name_ok(const char *name)
 {
-    if (!ident_start(name[0]) || strlen(name) > 64 || strcmp(name, "env") == 0)
+    if (!ident_start(name[0]) || strlen(name) > 64 || strcmp(name, "env") == 0 ||
+        strcmp(name, SONAR__RUN_ID_VAR) == 0)
         return false;
     for (const char *p = name; *p; p++)
         if (!ident_char(*p))
@@ -716,7 +717,7 @@ static sonar_status check_capture(validator *v, json_t *cap)
         size_t m = push_key(v, name);
         if (!var_name_ok(name))
             return vfail(v, "\"%s\" is not a variable name ([A-Za-z_][A-Za-z0-9_]*, up to 64, "
-                         "not \"env\")", name);
+                         "not \"env\" or \"run_id\")", name);
         const char *path = NULL;
         if (json_is_string(src)) {
             path = json_string_value(src);
@@ -819,7 +820,7 @@ static sonar_status check_vars(validator *v, json_t *obj)
         if (!var_name_ok(name)) {
             size_t m2 = push_key(v, name);
             sonar_status st = vfail(v, "\"%s\" is not a variable name ([A-Za-z_][A-Za-z0-9_]*, "
-                                    "up to 64, not \"env\")", name);
+                                    "up to 64, not \"env\" or \"run_id\")", name);
             pop(v, m2);
             return st;
         }
@@ -986,6 +987,8 @@ sonar_status sonar_checktable_parse(sonar_checktable **out, const char *text, si
     t->root = root;
     t->source = strdup(source);
     validator v = {.source = source, .path = "$", .plen = 1, .defined = json_object()};
+    if (v.defined)
+        json_object_set_new(v.defined, SONAR__RUN_ID_VAR, json_true());
     sonar_status st = t->source && v.defined ? check_table(&v, t)
                                              : sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     json_decref(v.defined);

@@ -30,6 +30,9 @@ struct sonar_checktable {
     bool uses_nats;
 };
 
+/* Built-in variable: a fresh random id per case run, lower case [a-z0-9]{22}. */
+#define SONAR__RUN_ID_VAR "run_id"
+
 /* A template "{{ name }}", "{{ name + 3 }}", "{{ env.HOME }}". */
 typedef struct sonar__tmpl_expr {
     const char *name;   /* without "env." */

@@ -14,6 +14,7 @@ typedef struct sonar_cli_command {
 } sonar_cli_command;
 
 int sonar_cmd_test(int argc, char **argv);
+int sonar_cmd_agent(int argc, char **argv);
 int sonar_cmd_announce(int argc, char **argv);
 int sonar_cmd_graph(int argc, char **argv);
 int sonar_cmd_history(int argc, char **argv);

@@ -8,6 +8,7 @@
 
 /* One line per subcommand; keep alphabetical. */
 static const sonar_cli_command commands[] = {
+    {"agent", sonar_cmd_agent, "join the bus for a service in any language, checks from a table"},
     {"announce", sonar_cmd_announce, "announce a change and wait for its checks (gates a deploy)"},
     {"graph", sonar_cmd_graph, "print who depends on whom as Graphviz DOT"},
     {"history", sonar_cmd_history, "list the last reports of a service"},

@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,8 @@
 
 #include "httpd.h"
 #include "natsd.h"
+#include "proc.h"
+#include "sonar/sonar.h"
 
 static test_httpd *srv;
 static char dir[256];
@@ -295,4 +298,61 @@ Test(cli_test, bad_flags_exit_2)
         ran_free(&r);
     }
     free(table);
+}
+
+/* ---- The shipped table: jafflr's checks on the real chillybin example ---- */
+
+static bool answers_health(const char *base)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/health", base);
+    sonar_http_request req = {.url = url, .timeout_ms = 500};
+    sonar_http_response resp = {0};
+    bool ok = sonar_http_perform(&req, &resp) == SONAR_OK && resp.status == 200;
+    sonar_http_response_finish(&resp);
+    return ok;
+}
+
+/* Starts chillybin (variant v1 or nome) without a bus; base URL into base. */
+static void start_chillybin(test_proc *p, const char *variant, char *base, size_t len)
+{
+    char db[300], port[16];
+    snprintf(db, sizeof db, "%s/chillybin-%s.db", dir, variant);
+    snprintf(port, sizeof port, "%d", test_free_port());
+    snprintf(base, len, "http://127.0.0.1:%s", port);
+    const char *argv[] = {test_bin("SONAR_CHILLYBIN_BIN"), "--db", db, "--port", port,
+                          "--variant", variant, "--no-sonar", NULL};
+    cr_assert(test_proc_start(p, dir, argv, NULL));
+    cr_assert(TEST_WAIT_UNTIL(answers_health(base), 10000), "chillybin did not start: %s",
+              test_proc_stderr(p));
+}
+
+Test(cli_test, the_jafflr_table_passes_on_chillybin_v1_and_catches_nome)
+{
+    const char *checks = test_bin("SONAR_JAFFLR_CHECKS");
+    test_proc v1, nome;
+    char v1_base[64], nome_base[64], target[96];
+    start_chillybin(&v1, "v1", v1_base, sizeof v1_base);
+    start_chillybin(&nome, "nome", nome_base, sizeof nome_base);
+
+    snprintf(target, sizeof target, "chillybin=%s", v1_base);
+    char *argv[] = {(char *)test_bin("SONAR_BIN"), "test", "--checks", (char *)checks,
+                    "--target", target, NULL};
+    ran r = run(argv);
+    cr_assert_eq(r.code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert(strstr(r.out, "5 passed, 0 failed") != NULL, "%s", r.out);
+    ran_free(&r);
+
+    snprintf(target, sizeof target, "chillybin=%s", nome_base);
+    r = run(argv);
+    cr_assert_eq(r.code, 1, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert(strstr(r.out, "FAIL  chillybin / pick in stock") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "step 1 GET /pick?name=probe-") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, ": status 400, expected 200") != NULL, "%s", r.out);
+    ran_free(&r);
+
+    test_proc_signal(&v1, SIGTERM);
+    test_proc_signal(&nome, SIGTERM);
+    cr_assert(test_proc_wait(&v1, 15000));
+    cr_assert(test_proc_wait(&nome, 15000));
 }

@@ -440,6 +440,12 @@ Test(checkrun, variables_from_the_table_the_case_and_the_environment)
         " \"json\":{\"n\":\"{{n}}\",\"m\":\"{{n+3}}\",\"who\":\"{{who}}\",\"s\":\"n={{n}}\"}},"
         " \"expect\":{\"json\":[{\"path\":\"$.auth\",\"equals\":\"Bearer s3cret\"},"
         "  {\"path\":\"$.got\",\"equals\":{\"n\":2,\"m\":5,\"who\":\"case\",\"s\":\"n=2\"}}]}}]},"
+        "{\"name\":\"run id\",\"steps\":[{\"http\":{\"method\":\"POST\",\"path\":\"/echo\","
+        " \"json\":{\"id\":\"probe-{{run_id}}\"}},"
+        " \"expect\":{\"json\":[{\"path\":\"$.got.id\",\"matches\":\"^probe-[a-z0-9]{22}$\"}]},"
+        " \"capture\":{\"first\":\"$.got.id\"}},"
+        " {\"http\":{\"method\":\"POST\",\"path\":\"/echo\",\"json\":{\"id\":\"probe-{{run_id}}\"}},"
+        " \"expect\":{\"json\":[{\"path\":\"$.got.id\",\"equals\":\"{{first}}\"}]}}]},"
         "{\"name\":\"unset\",\"steps\":[{\"http\":{\"method\":\"POST\",\"path\":\"/echo\","
         " \"body\":\"{{env.SONAR_CHECKRUN_UNSET_VAR}}\"}}]}]}}";
     unsetenv("SONAR_CHECKRUN_UNSET_VAR");
@@ -450,6 +456,9 @@ Test(checkrun, variables_from_the_table_the_case_and_the_environment)
     cr_assert_str_eq(r.message,
                      "step 1 POST /echo: environment variable SONAR_CHECKRUN_UNSET_VAR is not set");
     cr_assert_eq(test_httpd_hits(srv, "POST", "/echo"), 1, "nothing sent without the variable");
+    /* run_id: a lower-case random id, the same for every step of a run. */
+    r = run_case(table, "run id");
+    cr_assert(r.passed, "%s", r.message);
 }
 
 Test(checkrun, the_deadline_is_honoured_mid_sequence)
