@@ -1096,11 +1096,13 @@ sonar_status sonar_service_start(sonar_service *svc)
 }
 
 /* Unsubscribes and waits until the subscription's callbacks have returned. */
-static void close_sub(natsSubscription **sub)
+static void close_sub(natsConnection *nc, natsSubscription **sub)
 {
     if (*sub == NULL)
         return;
-    if (natsSubscription_Drain(*sub) == NATS_OK)
+    /* Draining needs the server: while disconnected it could only time out. */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(*sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(*sub, 5000);
     else
         natsSubscription_Unsubscribe(*sub);
@@ -1124,11 +1126,11 @@ void sonar_service_stop(sonar_service *svc)
     free(json);
     free(subject);
 
-    close_sub(&svc->discover_sub);
+    close_sub(svc->nc, &svc->discover_sub);
     for (int i = 0; i < SRV_SUBS; i++)
-        close_sub(&svc->srv_subs[i]);
+        close_sub(svc->nc, &svc->srv_subs[i]);
     for (size_t i = 0; i < svc->n_endpoints; i++)
-        close_sub(&svc->endpoints[i]->sub);
+        close_sub(svc->nc, &svc->endpoints[i]->sub);
     natsConnection_FlushTimeout(svc->nc, 1000);
 
     pthread_mutex_lock(&svc->lock);

@@ -419,12 +419,16 @@ static sonar_status subscribe(sonar_coordinator *c, natsSubscription **sub, cons
     return ns == NATS_OK ? SONAR_OK : sonar_bus_status(ns, subject);
 }
 
-static void drain(natsSubscription *sub)
+static void drain(natsConnection *nc, natsSubscription *sub)
 {
     if (sub == NULL)
         return;
-    if (natsSubscription_Drain(sub) == NATS_OK)
+    /* Draining needs the server: while disconnected it could only time out. */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(sub, 5000);
+    else
+        natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
 }
 
@@ -523,9 +527,9 @@ void sonar_coordinator_stop(sonar_coordinator *c)
         return;
     if (c->gatherer != NULL)
         sonar_gatherer_cancel_all(c->gatherer);
-    drain(c->sub_register);
-    drain(c->sub_leave);
-    drain(c->sub_report);
+    drain(c->nc, c->sub_register);
+    drain(c->nc, c->sub_leave);
+    drain(c->nc, c->sub_report);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
     sonar_gatherer_destroy(c->gatherer);
     sonar_store_close(c->store);

@@ -390,8 +390,11 @@ void sonar_gatherer_destroy(sonar_gatherer *g)
         return;
     if (g->sub != NULL) {
         /* Drain: once complete, the callback is not running any more. */
-        if (natsSubscription_Drain(g->sub) == NATS_OK)
+        if (natsConnection_Status(g->nc) == NATS_CONN_STATUS_CONNECTED &&
+            natsSubscription_Drain(g->sub) == NATS_OK)
             natsSubscription_WaitForDrainCompletion(g->sub, 5000);
+        else
+            natsSubscription_Unsubscribe(g->sub);
         natsSubscription_Destroy(g->sub);
     }
     pthread_mutex_lock(&g->mu);
