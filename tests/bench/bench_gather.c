@@ -161,13 +161,15 @@ static void on_raw_result(natsConnection *nc, natsSubscription *sub, natsMsg *ms
     natsMsg_Destroy(msg);
 }
 
+static int run_no; /* makes change ids unique when a size is repeated */
+
 static int64_t raw_once(int n, int iter)
 {
     gather g = {.got = 0};
     pthread_mutex_init(&g.mu, NULL);
     pthread_cond_init(&g.cond, NULL);
     char cid[48], subject[96], body[512];
-    snprintf(cid, sizeof cid, "raw-%d-%d", n, iter);
+    snprintf(cid, sizeof cid, "raw-%d-%d-%d", run_no, n, iter);
     snprintf(subject, sizeof subject, "sonar.result.%s.*", cid);
     snprintf(body, sizeof body,
              "{\"type\":\"sonar.check.v1\",\"change_id\":\"%s\",\"service\":\"bench\","
@@ -198,8 +200,9 @@ static int64_t sonard_once(int n, int iter)
 {
     char body[512];
     snprintf(body, sizeof body,
-             "{\"type\":\"sonar.change.v1\",\"change_id\":\"co-%d-%d\",\"service\":\"bench\","
-             "\"version\":\"2.0.0\",\"address\":\"http://h:1\",\"timeout_ms\":10000}", n, iter);
+             "{\"type\":\"sonar.change.v1\",\"change_id\":\"co-%d-%d-%d\",\"service\":\"bench\","
+             "\"version\":\"2.0.0\",\"address\":\"http://h:1\",\"timeout_ms\":10000}", run_no, n,
+             iter);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t ns0 = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
@@ -315,7 +318,10 @@ int main(int argc, char **argv)
         grow_to(n);
         if (!TEST_WAIT_UNTIL(live_services() == n, 30000))
             die("sonard does not see every responder");
+        run_no = s;
         int iters = n <= 10 ? 300 : n <= 100 ? 150 : 60;
+        if (getenv("BENCH_ITERS") != NULL)
+            iters = atoi(getenv("BENCH_ITERS"));
         int64_t *raw = calloc((size_t)iters, sizeof *raw);
         int64_t *co = calloc((size_t)iters, sizeof *co);
         for (int w = 0; w < 5; w++) {
