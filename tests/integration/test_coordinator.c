@@ -681,3 +681,49 @@ Test(coordinator, sigterm_ends_running_gathers_and_stops_sonard_gracefully)
     cr_assert(WIFEXITED(status));
     cr_assert_eq(WEXITSTATUS(status), 0);
 }
+
+/* Runs sonard with `args` to completion; returns its exit status. */
+static int run_sonard(char *const *args, int n)
+{
+    char *argv[16];
+    argv[0] = (char *)test_bin("SONARD_BIN");
+    for (int i = 0; i < n && i < 14; i++)
+        argv[i + 1] = args[i];
+    argv[n + 1] = NULL;
+    pid_t pid = spawn("flags", argv);
+    int status = 0;
+    cr_assert(TEST_WAIT_UNTIL(waitpid(pid, &status, WNOHANG) == pid, 15000));
+    for (int i = 0; i < n_pids; i++)
+        if (pids[i] == pid)
+            pids[i] = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Test(coordinator, flags_are_validated_with_clear_exit_codes)
+{
+    char *help[] = {"--help"};
+    cr_assert_eq(run_sonard(help, 1), 0);
+    char *bad_retention[] = {"--retention", "forever"};
+    cr_assert_eq(run_sonard(bad_retention, 2), 2);
+    char *bad_timeout[] = {"--default-timeout", "11m"};
+    cr_assert_eq(run_sonard(bad_timeout, 2), 2);
+    char *bad_workers[] = {"--workers", "0"};
+    cr_assert_eq(run_sonard(bad_workers, 2), 2);
+    char *unknown[] = {"--frobnicate"};
+    cr_assert_eq(run_sonard(unknown, 1), 2);
+    char *extra[] = {"stray"};
+    cr_assert_eq(run_sonard(extra, 1), 2);
+    char *bad_db[] = {"--server", nd.url, "--db", "/nonexistent-dir/x/sonard.db"};
+    cr_assert_eq(run_sonard(bad_db, 4), 1, "a database that cannot be opened");
+    char log[400];
+    snprintf(log, sizeof log, "%s/flags.log", dir);
+    FILE *f = fopen(log, "r");
+    char buf[8192] = {0};
+    size_t got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    cr_assert_gt(got, 0);
+    cr_assert(strstr(buf, "usage: sonard") != NULL);
+    cr_assert(strstr(buf, "--retention 'forever' is not a duration") != NULL, "%s", buf);
+    cr_assert(strstr(buf, "cannot open database") != NULL, "%s", buf);
+}
