@@ -284,8 +284,32 @@ Test(coordinator, a_frozen_service_is_incomplete_with_no_answer)
     pid_t frozen = start_service("frozen", "chillybin", "pass", "ok", NULL);
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
     stop_pid(frozen, SIGSTOP);
-    json_t *r = announce("chillybin", "chg-frozen", 1500);
+    /* While the gather waits for the frozen one, a service nobody registered answers. */
+    natsInbox *inbox;
+    natsSubscription *sub, *gathering;
+    natsInbox_Create(&inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&gathering, nc, "sonar.gather.chg-frozen"), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox,
+        "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-frozen\",\"service\":\"chillybin\","
+        "\"version\":\"2\",\"address\":\"http://h:1\",\"timeout_ms\":1500}"), NATS_OK);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, gathering, 10000), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(natsConnection_PublishString(nc, "sonar.result.chg-frozen.stranger",
+        "{\"type\":\"sonar.result.v1\",\"change_id\":\"chg-frozen\",\"service\":\"stranger\","
+        "\"instance\":\"s1\",\"status\":\"none\",\"duration_ms\":1,\"checks\":[]}"), NATS_OK);
+    cr_assert_eq(natsSubscription_NextMsg(&m, sub, 10000), NATS_OK);
+    json_t *r = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    natsSubscription_Destroy(gathering);
+    natsInbox_Destroy(inbox);
     kill(frozen, SIGCONT);
+    json_t *stranger = result_of(r, "stranger");
+    cr_assert(json_is_true(json_object_get(stranger, "unregistered")), "flagged");
+    cr_assert_str_eq(str(stranger, "status"), "none");
+    cr_assert_eq(count(r, "expected"), 2, "an unregistered answer is not expected");
     cr_assert_str_eq(str(r, "verdict"), "incomplete");
     json_t *f = result_of(r, "frozen");
     cr_assert_str_eq(str(f, "status"), "incomplete");
