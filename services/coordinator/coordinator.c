@@ -451,6 +451,13 @@ static sonar_status add_endpoints(sonar_coordinator *c)
     return s;
 }
 
+/* Pruning runs every quarter of the retention, between 100 ms and a minute. */
+static int64_t prune_interval(int64_t retention_ms)
+{
+    int64_t every = retention_ms / 4;
+    return every < 100 ? 100 : every > 60000 ? 60000 : every;
+}
+
 sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
                                      const sonar_coordinator_config *cfg)
 {
@@ -473,7 +480,7 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
     if (s == SONAR_OK)
         s = sonar_store_load(c->store, restore_service, restore_instance, c);
     if (s == SONAR_OK)
-        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, 60 * 1000);
+        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, prune_interval(c->cfg.retention_ms));
     if (s == SONAR_OK) {
         sonar_service_config sc = {
             .name = SONARD_NAME,

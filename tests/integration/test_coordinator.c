@@ -706,6 +706,31 @@ Test(coordinator, sigterm_ends_running_gathers_and_stops_sonard_gracefully)
     cr_assert_eq(WEXITSTATUS(status), 0);
 }
 
+Test(coordinator, reports_past_the_retention_are_pruned)
+{
+    stop_pid(sonard_pid, SIGTERM);
+    char db[400];
+    snprintf(db, sizeof db, "%s/short.db", dir);
+    char *argv[] = {(char *)test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
+                    "--retention", "1s", NULL};
+    spawn("short", argv);
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000));
+    json_t *r = announce("chillybin", "short-lived", 2000);
+    cr_assert_str_eq(str(r, "type"), "sonar.report.v1");
+    json_decref(r);
+    json_t *got = NULL;
+    cr_assert(TEST_WAIT_UNTIL((json_decref(got),
+                               got = request("sonar.api.report", "{\"change_id\":\"short-lived\"}", 1000),
+                               strcmp(str(got, "type"), "sonar.report.v1") == 0), 3000), "stored first");
+    int64_t t0 = test_now_ms();
+    cr_assert(TEST_WAIT_UNTIL((json_decref(got),
+                               got = request("sonar.api.report", "{\"change_id\":\"short-lived\"}", 1000),
+                               json_integer_value(json_object_get(got, "code")) == 404), 10000),
+              "pruned after the retention");
+    cr_assert_geq(test_now_ms() - t0, 500, "not before it was a second old");
+    json_decref(got);
+}
+
 /* Runs sonard with `args` to completion; returns its exit status. */
 static int run_sonard(char *const *args, int n)
 {
