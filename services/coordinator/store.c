@@ -57,6 +57,8 @@ struct sonar_store {
     pthread_cond_t qcond;        /* jobs queued or stopping */
     pthread_cond_t synced;       /* a sync job completed */
     job *head, *tail;
+    size_t queued;               /* jobs in the queue */
+    uint64_t dropped;            /* jobs refused because the queue was full */
     bool running, stopping;
     pthread_t thread;
     int64_t retention_ms, prune_every_ms;
@@ -498,6 +500,7 @@ static void *writer_main(void *arg)
         }
         job *batch = st->head;
         st->head = st->tail = NULL;
+        st->queued = 0;
         bool stop = st->stopping;
         pthread_mutex_unlock(&st->qmu);
         if (batch != NULL)
@@ -546,7 +549,19 @@ static sonar_status enqueue(sonar_store *st, job *j)
     }
     pthread_mutex_lock(&st->qmu);
     bool running = st->running && !st->stopping;
+    if (running && st->queued >= SONARD_WRITER_QUEUE_MAX) {
+        /* The database cannot keep up: registrations come again with the next
+         * heartbeat, so dropping is better than growing without bound. */
+        bool first = st->dropped++ == 0;
+        pthread_mutex_unlock(&st->qmu);
+        job_free(j);
+        if (first)
+            sonar_log(SONAR_LOG_WARN, "store: writer queue full (%d jobs): dropping writes",
+                      SONARD_WRITER_QUEUE_MAX);
+        return sonar__fail(SONAR_ERR_LIMIT, "store: writer queue full");
+    }
     if (running) {
+        st->queued++;
         if (st->tail)
             st->tail->next = j;
         else
