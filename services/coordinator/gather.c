@@ -497,17 +497,19 @@ static sonar_status scatter(sonar_gatherer *g, const sonar_change_msg *change,
     sonar_status s = sonar_check_encode(&check, &body);
     if (s == SONAR_OK)
         s = sonar_subject(&subject, SONAR_SUBJ_CHECK_PREFIX, change->service, NULL);
+    natsStatus ns = NATS_OK;
     if (s == SONAR_OK)
+        ns = natsConnection_PublishString(g->nc, subject, body);
+    /* The check request goes out first; the announcement is built meanwhile. */
+    if (s == SONAR_OK && ns == NATS_OK) {
         s = sonar_subject(&gsubject, "sonar.gather.", change->change_id, NULL);
-    if (s == SONAR_OK && (announce = gather_announcement(change, t)) == NULL)
-        s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
-    if (s == SONAR_OK) {
-        natsStatus ns = natsConnection_PublishString(g->nc, subject, body);
-        if (ns == NATS_OK)
+        if (s == SONAR_OK && (announce = gather_announcement(change, t)) == NULL)
+            s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+        if (s == SONAR_OK)
             ns = natsConnection_PublishString(g->nc, gsubject, announce);
-        if (ns != NATS_OK)
-            s = sonar_bus_status(ns, "publishing the check request");
     }
+    if (s == SONAR_OK && ns != NATS_OK)
+        s = sonar_bus_status(ns, "publishing the check request");
     free(body);
     free(subject);
     free(gsubject);
