@@ -7,7 +7,7 @@
 #include "gather.h"
 #include "internal.h"
 #include "registry.h"
-#include "reply.h"
+#include "sonar/reply.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
 #include "sonar/protocol.h"
