@@ -62,6 +62,7 @@ typedef struct job {
 struct sonar_request {
     endpoint *ep;
     natsMsg *msg;
+    int64_t started_ns;
     bool responded;
     bool failed;
     char error_text[256];
@@ -428,6 +429,7 @@ sonar_status sonar_service_registration(const sonar_service *svc, sonar_register
     r.version = xstrdup(svc->version);
     r.address = xstrdup(svc->address);
     r.heartbeat_ms = svc->heartbeat_ms;
+    r.no_check_endpoint = !svc->answers_checks;
     r.health = xstrdup(svc->health);
     r.metrics = xstrdup(svc->metrics);
     r.metadata = json_deep_copy(svc->metadata);
@@ -686,10 +688,11 @@ static void *request_thread(void *arg)
         if (r->status == SONAR_FAIL)
             res.status = SONAR_FAIL;
     }
+    /* Counted before the answer leaves (see sonar_request_respond). */
+    record_endpoint(svc->endpoints[0], sonar_now_ns() - req->received_ns, NULL);
     publish_result(svc, &res);
     pthread_mutex_unlock(&req->lock);
 
-    record_endpoint(svc->endpoints[0], sonar_now_ns() - req->received_ns, NULL);
     request_unref(req);
     thread_finished(svc);
     return NULL;
@@ -737,8 +740,8 @@ static void on_check(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     if (n == 0) {
         sonar_result_msg res = {.change_id = cm.change_id, .service = svc->name,
                                 .instance = svc->instance, .status = SONAR_NONE};
-        publish_result(svc, &res);
         record_endpoint(svc->endpoints[0], sonar_now_ns() - t0, NULL);
+        publish_result(svc, &res);
         sonar_check_finish(&cm);
         return;
     }
@@ -892,6 +895,9 @@ sonar_status sonar_request_respond(sonar_request *req, const char *data, size_t 
         return sonar__fail(SONAR_ERR_STATE, "the request was already answered");
     const char *reply = natsMsg_GetReply(req->msg);
     req->responded = true;
+    /* Counted before the reply leaves, so a STATS request sent after the
+     * reply arrived always sees it. */
+    record_endpoint(req->ep, sonar_now_ns() - req->started_ns, NULL);
     if (reply == NULL || *reply == '\0')
         return SONAR_OK;
     natsStatus s = natsConnection_Publish(req->ep->svc->nc, reply, data, (int)len);
@@ -908,14 +914,14 @@ sonar_status sonar_request_respond_error(sonar_request *req, int code, const cha
     va_end(ap);
     req->responded = true;
     req->failed = true;
+    record_endpoint(req->ep, sonar_now_ns() - req->started_ns, req->error_text);
     return sonar_reply_error(req->ep->svc->nc, natsMsg_GetReply(req->msg), code, "%s",
                              req->error_text);
 }
 
 static void run_job(job *j)
 {
-    sonar_request req = {.ep = j->ep, .msg = j->msg};
-    int64_t t0 = sonar_now_ns();
+    sonar_request req = {.ep = j->ep, .msg = j->msg, .started_ns = sonar_now_ns()};
     sonar__clear_error();
     sonar_status st = j->ep->fn(&req, j->ep->closure);
     if (!req.responded) {
@@ -923,7 +929,6 @@ static void run_job(job *j)
         sonar_request_respond_error(&req, sonar_reply_code(st), "%s%s%s", sonar_status_str(st),
                                     *detail ? ": " : "", detail);
     }
-    record_endpoint(j->ep, sonar_now_ns() - t0, req.failed ? req.error_text : NULL);
     natsMsg_Destroy(j->msg);
     free(j);
 }

@@ -154,6 +154,9 @@ typedef struct sonar_register_msg {
     json_t *metadata;      /**< optional object of string values (keys: text rule, values
                                 <= 4096 bytes, <= SONAR_MAX_LIST entries); NULL when absent.
                                 Decoded: an owned reference. Encoding copies it. */
+    bool no_check_endpoint;/**< `"answers_checks": false`: the service never answers check
+                                requests (coordinator, gateway, collectors), so a gather
+                                does not wait for it; absent means true */
 } sonar_register_msg;
 
 sonar_status sonar_register_encode(const sonar_register_msg *msg, char **out_json /* new, free() */);
