@@ -41,6 +41,7 @@ typedef struct source {
 
 struct sonar_gw_events {
     pthread_mutex_t mu;
+    pthread_cond_t idle;      /* signalled when a client closes */
     sonar_gw_metrics *metrics;
     sonar_gw_client **clients;
     size_t n_clients, max_clients, queue_max;
@@ -181,6 +182,11 @@ sonar_status sonar_gw_events_create(sonar_gw_events **out, natsConnection *nc,
         return SONAR_ERR_NOMEM;
     }
     pthread_mutex_init(&ev->mu, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&ev->idle, &attr);
+    pthread_condattr_destroy(&attr);
     ev->metrics = metrics;
     ev->max_clients = max_clients;
     ev->queue_max = queue_max;
@@ -229,9 +235,29 @@ void sonar_gw_events_destroy(sonar_gw_events *ev)
         natsSubscription_Destroy(sub);
     }
     SONAR_REQUIRE(ev->n_clients == 0);
+    pthread_cond_destroy(&ev->idle);
     pthread_mutex_destroy(&ev->mu);
     free(ev->clients);
     free(ev);
+}
+
+bool sonar_gw_events_wait_idle(sonar_gw_events *ev, int64_t timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&ev->mu);
+    while (ev->n_clients > 0)
+        if (pthread_cond_timedwait(&ev->idle, &ev->mu, &until) == ETIMEDOUT)
+            break;
+    bool idle = ev->n_clients == 0;
+    pthread_mutex_unlock(&ev->mu);
+    return idle;
 }
 
 size_t sonar_gw_events_clients(sonar_gw_events *ev)
@@ -380,6 +406,7 @@ void sonar_gw_client_close(void *cls)
     }
     client_clear(c);
     frame_unref(c->cur);
+    pthread_cond_broadcast(&ev->idle);
     pthread_mutex_unlock(&ev->mu);
     sonar_gw_metrics_sse_clients(ev->metrics, -1);
     pthread_cond_destroy(&c->cond);

@@ -26,6 +26,7 @@
 #ifndef SONAR_GW_EVENTS_H
 #define SONAR_GW_EVENTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -54,6 +55,12 @@ sonar_status sonar_gw_events_create(sonar_gw_events **out, natsConnection *nc,
 
 /** \brief Ends every stream (readers return end of stream) and refuses new clients. */
 void sonar_gw_events_shutdown(sonar_gw_events *ev);
+
+/**
+ * \brief Waits until every client is closed (their streams finished) or
+ *        \p timeout_ms passed. \return true when none is left.
+ */
+bool sonar_gw_events_wait_idle(sonar_gw_events *ev, int64_t timeout_ms);
 
 /**
  * \brief Drains the subscriptions (no callback runs afterwards) and frees

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -398,7 +399,7 @@ sonar_status sonar_gateway_start(sonar_gateway **out, sonar_bus *bus,
         return s;
     }
     unsigned int flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                         MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
+                         MHD_USE_ERROR_LOG | MHD_USE_ITC | (ipv6 ? MHD_USE_IPv6 : 0);
     gw->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, gw,
                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                MHD_OPTION_CONNECTION_LIMIT,
@@ -461,9 +462,16 @@ void sonar_gateway_stop(sonar_gateway *gw)
 {
     if (gw == NULL)
         return;
+    /* Stop accepting, let every event stream finish its last chunk, then
+     * stop the server (which waits for requests in flight). */
+    MHD_socket listen_fd = gw->mhd ? MHD_quiesce_daemon(gw->mhd) : MHD_INVALID_SOCKET;
     sonar_gw_events_shutdown(gw->events);
+    if (gw->events != NULL)
+        sonar_gw_events_wait_idle(gw->events, 2000);
     if (gw->mhd != NULL)
         MHD_stop_daemon(gw->mhd);
+    if (listen_fd != MHD_INVALID_SOCKET)
+        close(listen_fd);
     sonar_service_destroy(gw->svc);
     sonar_gw_events_destroy(gw->events);
     sonar_gw_metrics_destroy(gw->metrics);
