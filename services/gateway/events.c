@@ -16,6 +16,9 @@
 #include "sonar/bus.h"
 #include "sonar/protocol.h"
 
+/* How long a change's stream waits for a gather that lags its report. */
+#define SONAR_GW_GATHER_GRACE_MS 300
+
 /* One formatted frame, shared by the clients it was queued to. */
 typedef struct frame {
     int refs;     /* under the hub mutex */
@@ -32,12 +35,20 @@ struct sonar_gw_client {
     frame *cur;       /* being written */
     size_t off;
     bool hello_sent, dropped, ending;
+    bool saw_gather;  /* filtered clients: the change's gather arrived */
+    bool grace_done;  /* waited once for a gather that lags the report */
 };
 
-typedef struct source {
-    const char *subject, *event;
-    natsSubscription *sub;
-} source;
+/* Event kinds by subject: "sonar.<kind>.<token>" (result: two tokens). */
+static const struct {
+    const char *prefix, *event;
+    int tokens; /* after the prefix */
+} kinds[] = {
+    {"sonar.gather.", "gather", 1},     {"sonar.result.", "result", 2},
+    {"sonar.report.", "report", 1},     {"sonar.register.", "register", 1},
+    {"sonar.leave.", "leave", 1},       {"sonar.health.", "health", 1},
+};
+#define N_KINDS (sizeof kinds / sizeof kinds[0])
 
 struct sonar_gw_events {
     pthread_mutex_t mu;
@@ -47,14 +58,27 @@ struct sonar_gw_events {
     size_t n_clients, max_clients, queue_max;
     uint64_t seq;
     bool stopping;
-    source sources[6];
+    /* One subscription per kind: a wildcard like sonar.> would count as a
+     * responder on every request subject (sonar.api.*, sonar.status.*) and
+     * hide "no responders" from everyone on the bus. */
+    natsSubscription *subs[N_KINDS];
 };
 
-static const source source_table[6] = {
-    {"sonar.gather.*", "gather", NULL},     {"sonar.result.*.*", "result", NULL},
-    {"sonar.report.*", "report", NULL},     {"sonar.register.*", "register", NULL},
-    {"sonar.leave.*", "leave", NULL},       {"sonar.health.*", "health", NULL},
-};
+/* The event name for a subject, or NULL when it is not one we stream. */
+static const char *event_of(const char *subject)
+{
+    for (size_t i = 0; i < N_KINDS; i++) {
+        size_t n = strlen(kinds[i].prefix);
+        if (strncmp(subject, kinds[i].prefix, n) != 0)
+            continue;
+        int tokens = 1;
+        for (const char *c = subject + n; *c; c++)
+            if (*c == '.')
+                tokens++;
+        return tokens == kinds[i].tokens && subject[n] != '\0' ? kinds[i].event : NULL;
+    }
+    return NULL;
+}
 
 static void frame_unref(frame *f)
 {
@@ -73,11 +97,15 @@ static void client_clear(sonar_gw_client *c)
 }
 
 /* Queues f to c (hub mutex held); drops c when its queue is full. */
-static void client_push(sonar_gw_client *c, frame *f)
+static void client_push(sonar_gw_client *c, frame *f, bool gather)
 {
     sonar_gw_events *ev = c->ev;
-    if (c->dropped || c->ending)
+    /* After the report only the change's gather may still come: it travels
+     * on its own subject, so it can be delivered after the report. */
+    if (c->dropped || (c->ending && !(gather && !c->saw_gather)))
         return;
+    if (gather)
+        c->saw_gather = true;
     if (c->count == ev->queue_max) {
         c->dropped = true;
         client_clear(c);
@@ -119,17 +147,18 @@ static void fan_out(sonar_gw_events *ev, const char *event, const char *text,
     if (f == NULL)
         return;
     bool report = strcmp(event, "report") == 0;
+    bool gather = strcmp(event, "gather") == 0;
     for (size_t i = 0; i < ev->n_clients; i++) {
         sonar_gw_client *c = ev->clients[i];
         if (c->change_id != NULL) {
             if (!is_change_event(event) || change_id == NULL ||
                 strcmp(change_id, c->change_id) != 0)
                 continue;
-            client_push(c, f);
+            client_push(c, f, gather);
             if (report)
                 c->ending = true;
         } else {
-            client_push(c, f);
+            client_push(c, f, false);
         }
     }
     frame_unref(f);
@@ -140,10 +169,8 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 {
     (void)nc;
     sonar_gw_events *ev = closure;
-    const char *event = NULL;
-    for (size_t i = 0; i < 6; i++)
-        if (ev->sources[i].sub == sub)
-            event = ev->sources[i].event;
+    (void)sub;
+    const char *event = event_of(natsMsg_GetSubject(msg));
     pthread_mutex_lock(&ev->mu);
     bool idle = ev->n_clients == 0 || ev->stopping;
     pthread_mutex_unlock(&ev->mu);
@@ -190,16 +217,15 @@ sonar_status sonar_gw_events_create(sonar_gw_events **out, natsConnection *nc,
     ev->metrics = metrics;
     ev->max_clients = max_clients;
     ev->queue_max = queue_max;
-    memcpy(ev->sources, source_table, sizeof source_table);
-    for (size_t i = 0; i < 6; i++) {
-        natsStatus s = natsConnection_Subscribe(&ev->sources[i].sub, nc, ev->sources[i].subject,
-                                                on_msg, ev);
-        if (s != NATS_OK) {
-            sonar_gw_events_destroy(ev);
-            return sonar_bus_status(s, "subscribing the event stream");
-        }
+    natsStatus s = NATS_OK;
+    for (size_t i = 0; i < N_KINDS && s == NATS_OK; i++) {
+        char subject[64];
+        snprintf(subject, sizeof subject, "%s%s", kinds[i].prefix,
+                 kinds[i].tokens == 2 ? "*.*" : "*");
+        s = natsConnection_Subscribe(&ev->subs[i], nc, subject, on_msg, ev);
     }
-    natsStatus s = natsConnection_Flush(nc);
+    if (s == NATS_OK)
+        s = natsConnection_Flush(nc);
     if (s != NATS_OK) {
         sonar_gw_events_destroy(ev);
         return sonar_bus_status(s, "flushing the event subscriptions");
@@ -223,16 +249,15 @@ void sonar_gw_events_destroy(sonar_gw_events *ev)
 {
     if (ev == NULL)
         return;
-    for (size_t i = 0; i < 6; i++) {
-        natsSubscription *sub = ev->sources[i].sub;
-        if (sub == NULL)
+    for (size_t i = 0; i < N_KINDS; i++) {
+        if (ev->subs[i] == NULL)
             continue;
         /* Drain, then wait: after completion no callback can touch the hub. */
-        if (natsSubscription_Drain(sub) == NATS_OK)
-            natsSubscription_WaitForDrainCompletion(sub, 2000);
+        if (natsSubscription_Drain(ev->subs[i]) == NATS_OK)
+            natsSubscription_WaitForDrainCompletion(ev->subs[i], 2000);
         else
-            natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
+            natsSubscription_Unsubscribe(ev->subs[i]);
+        natsSubscription_Destroy(ev->subs[i]);
     }
     SONAR_REQUIRE(ev->n_clients == 0);
     pthread_cond_destroy(&ev->idle);
@@ -321,8 +346,9 @@ void sonar_gw_client_push_report(sonar_gw_client *c, const char *json, size_t le
     if (!c->ending && !c->dropped) {
         frame *f = frame_make(ev, "report", text);
         if (f != NULL) {
-            client_push(c, f);
+            client_push(c, f, false);
             c->ending = true;
+            c->saw_gather = true; /* finished long ago: no gather will come */
             frame_unref(f);
         }
     }
@@ -364,6 +390,19 @@ ssize_t sonar_gw_client_read(void *cls, uint64_t pos, char *buf, size_t max)
             c->count--;
             c->off = 0;
             break;
+        }
+        if (c->ending && !c->saw_gather && !c->grace_done && !ev->stopping) {
+            /* the report came first: give its gather a moment to arrive */
+            c->grace_done = true;
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += SONAR_GW_GATHER_GRACE_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&c->cond, &ev->mu, &until);
+            continue;
         }
         if (ev->stopping || c->ending) {
             n = MHD_CONTENT_READER_END_OF_STREAM;

@@ -17,7 +17,9 @@
  * formats and queues under one short mutex; it never waits on a client.
  *
  * A client may filter on one change id: it then gets only that change's
- * gather, result and report events, and its stream ends after the report.
+ * gather, result and report events, and its stream ends after the report
+ * (waiting up to 300 ms for the gather when the report overtook it: they
+ * travel on different subjects, so their order is not guaranteed).
  *
  * Thread-safety: NATS callbacks, MHD connection threads and the main
  * thread use the hub concurrently. create/shutdown/destroy from the main

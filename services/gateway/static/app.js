@@ -204,7 +204,15 @@ function putResult(li) {
 
 function onGather(m) {
   if (watch && m.change_id !== watch) return;
-  startLive(m.change_id, m.service, m.expected);
+  if (!live || live.id !== m.change_id) { startLive(m.change_id, m.service, m.expected); return; }
+  // The gather travels on its own subject: results (even the report) may
+  // have come first. Add what is still missing; never reset.
+  live.service = m.service;
+  live.expected = m.expected || [];
+  for (const s of live.expected) {
+    if (!(s in live.answered)) putResult(el('li', { 'data-service': s, 'data-status': 'waiting' }, badge('waiting'), ' ' + s));
+  }
+  summary();
 }
 
 function onResult(m) {
