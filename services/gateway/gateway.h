@@ -4,8 +4,9 @@
  *        thread per connection) that answers the REST API of
  *        docs/openapi.yaml by asking sonard and statusd over the bus, streams
  *        bus events as server-sent events, serves the embedded dashboard and
- *        its own /metrics, and joins the bus as a libsonar service without a
- *        check endpoint so `$SRV` lists it.
+ *        its own /metrics, and joins the bus as a libsonar service (named
+ *        SONAR_GATEWAY_NAME) so `$SRV` and the registry list it. It declares
+ *        no dependency, so it answers every check request `none` at once.
  *
  * Stateless: every answer is built from the bus at request time.
  *

@@ -248,11 +248,18 @@ void gw_env_stop(gw_env *e)
                 test_proc_kill(procs[i]);
         }
     }
+    /* Under the sanitizers the gateway reports leaks and errors on its own
+     * stderr, which the suite would not see otherwise. */
+    char *err = e->gateway.pid > 0 ? test_proc_stderr(&e->gateway) : NULL;
+    bool clean = err == NULL || (strstr(err, "Sanitizer") == NULL &&
+                                 strstr(err, "runtime error:") == NULL);
     gw_env_statusd_stop(e);
     natsConnection_Destroy(e->nc);
     nats_Close();
     test_natsd_destroy(&e->nd);
     test_rmtree(e->dir);
+    cr_assert(clean, "sonar-gateway stderr: %s", err);
+    free(err);
 }
 
 json_t *gw_env_announce(gw_env *e, const char *id)

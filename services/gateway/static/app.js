@@ -48,7 +48,7 @@ async function loadServices() {
       tbody.appendChild(el('tr', { 'data-service': s.service },
         el('td', {}, s.service, s.registered ? null : el('span', { class: 'note' }, ' (not on the bus)')),
         el('td', {}, badge(s.health || 'unknown')),
-        el('td', {}, s.live ? badge('live', 'live') : badge('down', 'fail')),
+        el('td', {}, s.live ? badge('live', 'live') : s.registered ? badge('down', 'fail') : '—'),
         el('td', {}, (s.versions || []).join(', ')),
         el('td', {}, String((s.instances || []).length)),
         el('td', {}, (s.depends_on || []).join(', '))));
@@ -104,7 +104,7 @@ function drawGraph() {
   const s = $('graph');
   s.replaceChildren();
   s.setAttribute('width', String(20 + widest * (W + GX)));
-  s.setAttribute('height', String(20 + rows.length * (H + GY)));
+  s.setAttribute('height', String(20 + Math.max(1, rows.length) * (H + GY) - GY));
   const defs = svg('defs', {});
   const marker = svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: '10', refY: '5', markerWidth: '8', markerHeight: '8', orient: 'auto-start-reverse' });
   marker.appendChild(svg('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#5b6472' }));
@@ -170,8 +170,16 @@ async function loadReports() {
 
 let live = null; // { id, service, expected: [], answered: {} }
 
+// Records the order in which a change's events arrived (data-events on
+// #live), so a test can tell results that streamed in from a final dump.
+function logEvent(type) {
+  const l = $('live');
+  l.dataset.events = (l.dataset.events ? l.dataset.events + ' ' : '') + type;
+}
+
 function startLive(id, service, expected) {
   live = { id, service, expected: expected || [], answered: {} };
+  $('live').dataset.events = '';
   $('live').dataset.state = 'gathering';
   $('live').dataset.change = id;
   $('live-verdict').textContent = 'checking…';
@@ -184,7 +192,9 @@ function startLive(id, service, expected) {
 
 function summary() {
   if (!live) return;
-  const n = live.expected.length, k = Object.keys(live.answered).length;
+  const n = live.expected.length;
+  // answers from services outside the expected list (e.g. sonard) do not count
+  const k = n ? live.expected.filter((s) => s in live.answered).length : Object.keys(live.answered).length;
   $('live-summary').textContent = 'Change ' + live.id + ' of ' + live.service + ': ' + k + ' of ' + (n || '?') + ' answered';
 }
 
@@ -204,7 +214,8 @@ function putResult(li) {
 
 function onGather(m) {
   if (watch && m.change_id !== watch) return;
-  if (!live || live.id !== m.change_id) { startLive(m.change_id, m.service, m.expected); return; }
+  if (!live || live.id !== m.change_id) { startLive(m.change_id, m.service, m.expected); logEvent('gather'); return; }
+  logEvent('gather');
   // The gather travels on its own subject: results (even the report) may
   // have come first. Add what is still missing; never reset.
   live.service = m.service;
@@ -218,6 +229,7 @@ function onGather(m) {
 function onResult(m) {
   if (watch && m.change_id !== watch) return;
   if (!live || live.id !== m.change_id) startLive(m.change_id, '?', []);
+  logEvent('result');
   live.answered[m.service] = m.status;
   putResult(resultItem(m.service, m.status, m.checks));
   summary();
@@ -226,6 +238,7 @@ function onResult(m) {
 function onReport(m) {
   if (watch && m.change_id !== watch) return;
   if (!live || live.id !== m.change_id) startLive(m.change_id, m.service, []);
+  logEvent('report');
   live.service = m.service;
   for (const r of m.results || []) {
     live.answered[r.service] = r.status;
