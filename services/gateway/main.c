@@ -30,6 +30,8 @@ static void usage(FILE *to)
         "  --server URL         NATS server(s), comma-separated (default: NATS_URL,\n"
         "                       else " SONAR_DEFAULT_NATS_URL ")\n"
         "  --timeout DURATION   timeout of each request over the bus (default 5s)\n"
+        "  --sse-queue N        events queued per event-stream client before a slow\n"
+        "                       client is dropped (default 512, 8..65536)\n"
         "  --help               this text\n"
         "  --version            print the version\n"
         "\n"
@@ -43,7 +45,8 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'}, {"server", required_argument, NULL, 's'},
-        {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"timeout", required_argument, NULL, 't'}, {"sse-queue", required_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     sonar_gateway_config cfg = {
@@ -74,6 +77,17 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'q': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || n < 8 || n > 65536) {
+                fprintf(stderr, "sonar-gateway: --sse-queue '%s' must be a number from 8 to "
+                        "65536\n", optarg);
+                return 2;
+            }
+            cfg.sse_queue = (int)n;
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;

@@ -232,7 +232,7 @@ void gw_env_start(gw_env *e)
                             "GET /pick?name=cheese → 404, expected 200", NULL};
     cr_assert(test_proc_start(&e->jafflr, e->dir, jafflr, NULL));
     const char *gw[] = {test_bin("SONAR_GATEWAY_BIN"), "--server", e->nd.url, "--listen",
-                        "127.0.0.1:0", "--timeout", "1s", NULL};
+                        "127.0.0.1:0", "--timeout", "3s", "--sse-queue", "64", NULL};
     cr_assert(test_proc_start(&e->gateway, e->dir, gw, NULL));
     cr_assert(TEST_WAIT_UNTIL(gateway_url(e), 10000), "the gateway did not say where it listens");
     cr_assert(TEST_WAIT_UNTIL(both_live(e), 15000), "services not live through the gateway");

@@ -5,7 +5,11 @@
  * 503/504 when a backend is missing or silent, the event stream while a
  * change is checked, /metrics as Prometheus text, and SIGTERM.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -425,4 +429,47 @@ Test(gateway, sigterm_stops_it_gracefully_and_it_leaves_the_bus)
     cr_assert_eq(natsSubscription_NextMsg(&m, leave, 5000), NATS_OK, "no sonar.leave");
     natsMsg_Destroy(m);
     natsSubscription_Destroy(leave);
+}
+
+Test(gateway, a_slow_event_client_is_dropped_and_never_blocks_the_others)
+{
+    /* a client that asks for the stream and never reads */
+    int port = 0;
+    cr_assert_eq(sscanf(env.url, "http://127.0.0.1:%d", &port), 1);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    const char *req = "GET /api/v1/events HTTP/1.1\r\nHost: test\r\n\r\n";
+    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    /* and one that follows a change */
+    stream s = {.path = "/api/v1/events?change_id=slow-1"};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, read_stream, &s), 0);
+    cr_assert(TEST_WAIT_UNTIL(gw_env_metric(&env, "sonar_gateway_sse_clients ") == 2, 10000));
+
+    /* flood: far more than the socket buffers and the 64-frame queue hold */
+    size_t pad = 32 * 1024;
+    char *msg = malloc(pad + 128);
+    int n = snprintf(msg, 128, "{\"type\":\"sonar.health.v1\",\"service\":\"flood\",\"pad\":\"");
+    memset(msg + n, 'x', pad);
+    strcpy(msg + n + pad, "\"}");
+    for (int i = 0; i < 800; i++)
+        cr_assert_eq(natsConnection_PublishString(env.nc, "sonar.health.flood", msg), NATS_OK);
+    natsConnection_Flush(env.nc);
+    free(msg);
+    cr_assert(TEST_WAIT_UNTIL(gw_env_metric(&env, "sonar_gateway_sse_dropped_total ") == 1, 20000),
+              "the slow client was not dropped");
+
+    /* the other client still gets its change, and the API still answers */
+    json_decref(gw_env_announce(&env, "slow-1"));
+    pthread_join(t, NULL);
+    cr_assert(strstr(s.h.body, "event: report\ndata: {\"type\":\"sonar.report.v1\"") != NULL,
+              "%s", s.h.body);
+    cr_assert_null(strstr(s.h.body, "flood"), "a change's stream has no health events");
+    gw_http_finish(&s.h);
+    json_decref(get_json("/api/v1/graph", 200));
+    close(fd);
 }
