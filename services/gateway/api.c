@@ -171,8 +171,8 @@ void sonar_gw_api_services(sonar_gateway *gw, const sonar_gw_req *rq, sonar_gw_r
     json_object_set_new(statusd, "available", json_boolean(have_status));
     if (!have_status) {
         json_t *err = srp.body ? json_loads(srp.body, 0, NULL) : NULL;
-        json_object_set(statusd, "error",
-                        err ? json_object_get(err, "message") : json_string("unavailable"));
+        const char *why = json_string_value(json_object_get(err, "message"));
+        json_object_set_new(statusd, "error", json_string(why ? why : "unavailable"));
         json_decref(err);
     }
     free(srp.body);

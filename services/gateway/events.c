@@ -15,9 +15,11 @@
 #include "internal.h"
 #include "sonar/bus.h"
 #include "sonar/protocol.h"
+#include "sonar/util.h"
 
-/* How long a change's stream waits for a gather that lags its report. */
-#define SONAR_GW_GATHER_GRACE_MS 300
+/* How long a change's stream holds its report for a gather or results that
+ * the report overtook. */
+#define SONAR_GW_REPORT_HOLD_MS 1000
 
 /* One formatted frame, shared by the clients it was queued to. */
 typedef struct frame {
@@ -35,8 +37,15 @@ struct sonar_gw_client {
     frame *cur;       /* being written */
     size_t off;
     bool hello_sent, dropped, ending;
-    bool saw_gather;  /* filtered clients: the change's gather arrived */
-    bool grace_done;  /* waited once for a gather that lags the report */
+    /* Change streams: gather, results and report travel on different
+     * subjects, so on different delivery threads, and the report may
+     * overtake the others. It is held until the gather and every result it
+     * names came, or SONAR_GW_REPORT_HOLD_MS passed. */
+    bool saw_gather;
+    json_t *seen;     /* object used as a set: responders whose result came */
+    frame *held;      /* the report, waiting */
+    json_t *missing;  /* set: responders the held report names, not yet seen */
+    int64_t held_until_ms;
 };
 
 /* Event kinds by subject: "sonar.<kind>.<token>" (result: two tokens). */
@@ -97,15 +106,11 @@ static void client_clear(sonar_gw_client *c)
 }
 
 /* Queues f to c (hub mutex held); drops c when its queue is full. */
-static void client_push(sonar_gw_client *c, frame *f, bool gather)
+static void client_push(sonar_gw_client *c, frame *f)
 {
     sonar_gw_events *ev = c->ev;
-    /* After the report only the change's gather may still come: it travels
-     * on its own subject, so it can be delivered after the report. */
-    if (c->dropped || (c->ending && !(gather && !c->saw_gather)))
+    if (c->dropped || c->ending)
         return;
-    if (gather)
-        c->saw_gather = true;
     if (c->count == ev->queue_max) {
         c->dropped = true;
         client_clear(c);
@@ -133,33 +138,70 @@ static frame *frame_make(sonar_gw_events *ev, const char *event, const char *tex
     return f;
 }
 
-static bool is_change_event(const char *event)
+/* Queues the held report and ends the stream after it (hub mutex held). */
+static void release_report(sonar_gw_client *c)
 {
-    return strcmp(event, "gather") == 0 || strcmp(event, "result") == 0 ||
-           strcmp(event, "report") == 0;
+    frame *f = c->held;
+    c->held = NULL;
+    client_push(c, f);
+    frame_unref(f);
+    c->ending = true;
+}
+
+static void maybe_release(sonar_gw_client *c)
+{
+    if (c->held != NULL && c->saw_gather && json_object_size(c->missing) == 0)
+        release_report(c);
+}
+
+/* One event of the change a filtered client follows (hub mutex held). */
+static void change_event(sonar_gw_client *c, const char *event, frame *f, json_t *doc)
+{
+    if (c->ending || c->dropped)
+        return;
+    if (strcmp(event, "gather") == 0) {
+        client_push(c, f);
+        c->saw_gather = true;
+    } else if (strcmp(event, "result") == 0) {
+        client_push(c, f);
+        const char *svc = json_string_value(json_object_get(doc, "service"));
+        if (svc != NULL) {
+            json_object_set_new(c->seen, svc, json_true());
+            json_object_del(c->missing, svc);
+        }
+    } else if (strcmp(event, "report") == 0 && c->held == NULL) {
+        f->refs++;
+        c->held = f;
+        c->held_until_ms = sonar_now_ms() + SONAR_GW_REPORT_HOLD_MS;
+        size_t i;
+        json_t *r;
+        json_array_foreach(json_object_get(doc, "results"), i, r) {
+            const char *svc = json_string_value(json_object_get(r, "service"));
+            const char *st = json_string_value(json_object_get(r, "status"));
+            /* an incomplete entry never sent a result */
+            if (svc && st && strcmp(st, "incomplete") != 0 && !json_object_get(c->seen, svc))
+                json_object_set_new(c->missing, svc, json_true());
+        }
+        pthread_cond_signal(&c->cond);
+    }
+    maybe_release(c);
 }
 
 /* Queues one event to every client whose filter it passes (hub mutex held). */
-static void fan_out(sonar_gw_events *ev, const char *event, const char *text,
-                    const char *change_id)
+static void fan_out(sonar_gw_events *ev, const char *event, const char *text, json_t *doc)
 {
     frame *f = frame_make(ev, event, text);
     if (f == NULL)
         return;
-    bool report = strcmp(event, "report") == 0;
-    bool gather = strcmp(event, "gather") == 0;
+    const char *change_id = json_string_value(json_object_get(doc, "change_id"));
+    bool change = strcmp(event, "gather") == 0 || strcmp(event, "result") == 0 ||
+                  strcmp(event, "report") == 0;
     for (size_t i = 0; i < ev->n_clients; i++) {
         sonar_gw_client *c = ev->clients[i];
-        if (c->change_id != NULL) {
-            if (!is_change_event(event) || change_id == NULL ||
-                strcmp(change_id, c->change_id) != 0)
-                continue;
-            client_push(c, f, gather);
-            if (report)
-                c->ending = true;
-        } else {
-            client_push(c, f, false);
-        }
+        if (c->change_id == NULL)
+            client_push(c, f);
+        else if (change && change_id != NULL && strcmp(change_id, c->change_id) == 0)
+            change_event(c, event, f, doc);
     }
     frame_unref(f);
 }
@@ -189,7 +231,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     char *text = json_dumps(doc, JSON_COMPACT); /* one line: newlines stay escaped */
     if (text != NULL) {
         pthread_mutex_lock(&ev->mu);
-        fan_out(ev, event, text, json_string_value(json_object_get(doc, "change_id")));
+        fan_out(ev, event, text, doc);
         pthread_mutex_unlock(&ev->mu);
         free(text);
     }
@@ -302,7 +344,12 @@ sonar_status sonar_gw_client_open(sonar_gw_client **out, sonar_gw_events *ev,
     c->ev = ev;
     c->queue = calloc(ev->queue_max, sizeof *c->queue);
     c->change_id = change_id ? strdup(change_id) : NULL;
-    if (c->queue == NULL || (change_id && c->change_id == NULL)) {
+    c->seen = json_object();
+    c->missing = json_object();
+    if (c->queue == NULL || (change_id && c->change_id == NULL) || c->seen == NULL ||
+        c->missing == NULL) {
+        json_decref(c->seen);
+        json_decref(c->missing);
         free(c->queue);
         free(c->change_id);
         free(c);
@@ -324,6 +371,8 @@ sonar_status sonar_gw_client_open(sonar_gw_client **out, sonar_gw_events *ev,
     pthread_mutex_unlock(&ev->mu);
     if (st != SONAR_OK) {
         pthread_cond_destroy(&c->cond);
+        json_decref(c->seen);
+        json_decref(c->missing);
         free(c->queue);
         free(c->change_id);
         free(c);
@@ -343,12 +392,11 @@ void sonar_gw_client_push_report(sonar_gw_client *c, const char *json, size_t le
         return;
     sonar_gw_events *ev = c->ev;
     pthread_mutex_lock(&ev->mu);
-    if (!c->ending && !c->dropped) {
+    if (!c->ending && !c->dropped && c->held == NULL) {
         frame *f = frame_make(ev, "report", text);
-        if (f != NULL) {
-            client_push(c, f, false);
+        if (f != NULL) { /* finished before we subscribed: nothing else will come */
+            client_push(c, f);
             c->ending = true;
-            c->saw_gather = true; /* finished long ago: no gather will come */
             frame_unref(f);
         }
     }
@@ -391,17 +439,21 @@ ssize_t sonar_gw_client_read(void *cls, uint64_t pos, char *buf, size_t max)
             c->off = 0;
             break;
         }
-        if (c->ending && !c->saw_gather && !c->grace_done && !ev->stopping) {
-            /* the report came first: give its gather a moment to arrive */
-            c->grace_done = true;
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += SONAR_GW_GATHER_GRACE_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
+        if (c->held != NULL && !ev->stopping) {
+            int64_t left = c->held_until_ms - sonar_now_ms();
+            if (left <= 0) {
+                release_report(c); /* what overtook it will not come */
+            } else {
+                struct timespec until;
+                clock_gettime(CLOCK_MONOTONIC, &until);
+                until.tv_sec += left / 1000;
+                until.tv_nsec += (left % 1000) * 1000000L;
+                if (until.tv_nsec >= 1000000000L) {
+                    until.tv_sec++;
+                    until.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&c->cond, &ev->mu, &until);
             }
-            pthread_cond_timedwait(&c->cond, &ev->mu, &until);
             continue;
         }
         if (ev->stopping || c->ending) {
@@ -445,10 +497,13 @@ void sonar_gw_client_close(void *cls)
     }
     client_clear(c);
     frame_unref(c->cur);
+    frame_unref(c->held);
     pthread_cond_broadcast(&ev->idle);
     pthread_mutex_unlock(&ev->mu);
     sonar_gw_metrics_sse_clients(ev->metrics, -1);
     pthread_cond_destroy(&c->cond);
+    json_decref(c->seen);
+    json_decref(c->missing);
     free(c->queue);
     free(c->change_id);
     free(c);

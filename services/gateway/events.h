@@ -17,9 +17,10 @@
  * formats and queues under one short mutex; it never waits on a client.
  *
  * A client may filter on one change id: it then gets only that change's
- * gather, result and report events, and its stream ends after the report
- * (waiting up to 300 ms for the gather when the report overtook it: they
- * travel on different subjects, so their order is not guaranteed).
+ * gather, result and report events, and its stream ends after the report.
+ * Those travel on different subjects (so different delivery threads) and
+ * the report may overtake the others: it is held until the gather and the
+ * result of every responder it names arrived, at most 1 s.
  *
  * Thread-safety: NATS callbacks, MHD connection threads and the main
  * thread use the hub concurrently. create/shutdown/destroy from the main

@@ -72,7 +72,15 @@ void sonar_gw_reply_error(sonar_gw_reply *rp, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    sonar_gw_reply_json(rp, status, json_pack("{s:i, s:s}", "code", status, "message", msg));
+    json_t *text = json_string(msg);
+    if (text == NULL) {
+        /* the message quotes client input that is not UTF-8: keep it ASCII */
+        for (unsigned char *c = (unsigned char *)msg; *c; c++)
+            if (*c >= 0x80 || *c < 0x20)
+                *c = '?';
+        text = json_string(msg);
+    }
+    sonar_gw_reply_json(rp, status, json_pack("{s:i, s:o}", "code", status, "message", text));
 }
 
 const char *sonar_gw_query(const sonar_gw_req *rq, const char *name)

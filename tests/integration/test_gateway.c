@@ -244,6 +244,15 @@ Test(gateway, unknown_paths_are_404_and_wrong_methods_405)
     cr_assert_eq(h.status, 404);
     cr_assert_eq(json_integer_value(json_object_get(h.json, "code")), 404);
     gw_http_finish(&h);
+    /* client bytes that are not UTF-8 still get a JSON error */
+    gw_http_do(&env, &h, "GET", "/%FF%FE", NULL);
+    cr_assert_eq(h.status, 404);
+    cr_assert_not_null(h.json, "%s", h.body);
+    gw_http_finish(&h);
+    gw_http_do(&env, &h, "GET", "/api/v1/checks?%FF=1", NULL);
+    cr_assert_eq(h.status, 400);
+    cr_assert(strstr(str(h.json, "message"), "unknown parameter") != NULL, "%s", h.body);
+    gw_http_finish(&h);
     gw_http_do(&env, &h, "DELETE", "/api/v1/services", NULL);
     cr_assert_eq(h.status, 405);
     cr_assert_str_eq(h.allow, "GET");
