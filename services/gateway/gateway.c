@@ -228,7 +228,9 @@ static const char *dispatch(sonar_gateway *gw, sonar_gw_req *rq, sonar_gw_reply 
         } else if (strcmp(rq->path, r->path) != 0) {
             continue;
         }
-        sonar_gw_handler h = strcmp(method, "GET") == 0      ? r->get
+        /* HEAD is GET without the body (libmicrohttpd leaves it out) */
+        bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+        sonar_gw_handler h = get                             ? r->get
                              : strcmp(method, "POST") == 0   ? r->post
                              : strcmp(method, "DELETE") == 0 ? r->del
                                                              : NULL;
@@ -245,7 +247,7 @@ static const char *dispatch(sonar_gateway *gw, sonar_gw_req *rq, sonar_gw_reply 
     }
     const sonar_gw_asset *a = find_asset(rq->path);
     if (a != NULL) {
-        if (strcmp(method, "GET") != 0) {
+        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
             snprintf(rp->allow, sizeof rp->allow, "GET");
             sonar_gw_reply_error(rp, 405, "method %.16s is not allowed on %s (allowed: GET)",
                                  method, a->path);
@@ -375,6 +377,14 @@ static sonar_status parse_listen(const char *listen, struct sockaddr_storage *ou
     *ipv6 = res->ai_family == AF_INET6;
     freeaddrinfo(res);
     return SONAR_OK;
+}
+
+sonar_status sonar_gateway_listen_check(const char *listen)
+{
+    struct sockaddr_storage addr;
+    socklen_t alen = 0;
+    bool ipv6 = false;
+    return parse_listen(listen, &addr, &alen, &ipv6);
 }
 
 sonar_status sonar_gateway_start(sonar_gateway **out, sonar_bus *bus,

@@ -41,6 +41,13 @@ typedef struct sonar_gateway_config {
 typedef struct sonar_gateway sonar_gateway;
 
 /**
+ * \brief Checks a listen address ("ADDR:PORT", "[V6]:PORT"; host names are
+ *        resolved) without binding it.
+ * \return SONAR_OK or SONAR_ERR_INVALID with the reason.
+ */
+sonar_status sonar_gateway_listen_check(const char *listen);
+
+/**
  * \brief Subscribes the event hub, joins the bus and starts listening.
  * \param bus borrowed; must outlive the gateway.
  * \param cfg copied.

@@ -106,6 +106,11 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (sonar_gateway_listen_check(cfg.listen) != SONAR_OK) {
+        fprintf(stderr, "sonar-gateway: --listen: %s\n", sonar_last_error());
+        return 2;
+    }
+
     /* Signals are taken by sigwait() below: block them before any thread starts. */
     sigset_t stop;
     sigemptyset(&stop);
@@ -123,10 +128,11 @@ int main(int argc, char **argv)
         return 1;
     }
     sonar_gateway *gw = NULL;
-    if (sonar_gateway_start(&gw, bus, &cfg) != SONAR_OK) {
+    sonar_status st = sonar_gateway_start(&gw, bus, &cfg);
+    if (st != SONAR_OK) {
         fprintf(stderr, "sonar-gateway: %s\n", sonar_last_error());
         sonar_bus_destroy(bus);
-        return 1;
+        return st == SONAR_ERR_INVALID ? 2 : 1;
     }
     printf("listening on %s\n", sonar_gateway_url(gw));
     fflush(stdout);
