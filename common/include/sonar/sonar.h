@@ -10,11 +10,13 @@
 #include "sonar/protocol.h"
 #include "sonar/bus.h"
 #include "sonar/service.h"
+#include "sonar/reply.h"
 #include "sonar/http.h"
 #include "sonar/checktable.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
+#include "sonar/statusstore.h"
 
 #endif
