@@ -454,11 +454,10 @@ sonar_status sonar_gateway_start(sonar_gateway **out, sonar_bus *bus,
         .description = "HTTP gateway: REST API, event stream and dashboard over the bus",
         .health = health,
         .metrics = metrics,
-        /* The gateway depends on nothing, so it answers every check request
-         * `none` at once. With no_check_endpoint sonard (which expects every
-         * live service) would wait for it until the deadline and report each
-         * change incomplete. */
-        .no_check_endpoint = false,
+        /* The gateway depends on nothing and answers no check requests; its
+         * registration says so ("answers_checks": false) and sonard does not
+         * wait for it. */
+        .no_check_endpoint = true,
     };
     s = sonar_service_create(&gw->svc, bus, &sc);
     if (s == SONAR_OK)
