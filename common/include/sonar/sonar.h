@@ -13,5 +13,6 @@
 #include "sonar/http.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
+#include "sonar/inbox.h"
 
 #endif
