@@ -343,7 +343,7 @@ static sonar_status open_db(sonar_inbox *in, const char *path)
     if (sqlite3_open_v2(path, &in->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK)
         return sonar__db_fail(in->db, path);
-    sqlite3_busy_timeout(in->db, 5000);
+    sonar__db_fast_busy(in->db);
     sonar_status s = sonar__db_exec(in->db, "PRAGMA journal_mode=WAL");
     if (s == SONAR_OK)
         s = sonar__db_exec(in->db, inbox_schema);
