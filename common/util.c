@@ -34,10 +34,18 @@ sonar_status sonar_name_check(const char *what, const char *name)
     if (name == NULL)
         return sonar__fail(SONAR_ERR_INVALID, "%s is missing", what);
     if (!sonar_name_valid(name)) {
-        size_t len = strlen(name);
+        /* Quote at most 80 bytes, with anything but printable ASCII shown as
+         * '?', so the text stays valid UTF-8 inside a sonar.error.v1 reply. */
+        char shown[81];
+        size_t len = strlen(name), n = len > 80 ? 80 : len;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)name[i];
+            shown[i] = (c >= 0x20 && c < 0x7f && c != '"') ? (char)c : '?';
+        }
+        shown[n] = '\0';
         return sonar__fail(SONAR_ERR_INVALID,
-                           "%s \"%.*s%s\" is invalid: it must match ^[A-Za-z0-9_-]{1,64}$",
-                           what, (int)(len > 80 ? 80 : len), name, len > 80 ? "..." : "");
+                           "%s \"%s%s\" is invalid: it must match ^[A-Za-z0-9_-]{1,64}$", what,
+                           shown, len > 80 ? "..." : "");
     }
     return SONAR_OK;
 }

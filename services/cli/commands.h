@@ -13,7 +13,15 @@ typedef struct sonar_cli_command {
     const char *summary;
 } sonar_cli_command;
 
+int sonar_cmd_test(int argc, char **argv);
+int sonar_cmd_agent(int argc, char **argv);
+int sonar_cmd_announce(int argc, char **argv);
+int sonar_cmd_graph(int argc, char **argv);
+int sonar_cmd_history(int argc, char **argv);
+int sonar_cmd_report(int argc, char **argv);
+int sonar_cmd_services(int argc, char **argv);
 int sonar_cmd_outbox(int argc, char **argv);
 int sonar_cmd_version(int argc, char **argv);
+int sonar_cmd_watch(int argc, char **argv);
 
 #endif

@@ -8,8 +8,16 @@
 
 /* One line per subcommand; keep alphabetical. */
 static const sonar_cli_command commands[] = {
+    {"agent", sonar_cmd_agent, "join the bus for a service in any language, checks from a table"},
+    {"announce", sonar_cmd_announce, "announce a change and wait for its checks (gates a deploy)"},
+    {"graph", sonar_cmd_graph, "print who depends on whom as Graphviz DOT"},
+    {"history", sonar_cmd_history, "list the last reports of a service"},
     {"outbox", sonar_cmd_outbox, "inspect and repair a service's event outbox"},
+    {"report", sonar_cmd_report, "show the report of a change"},
+    {"services", sonar_cmd_services, "list known services, instances and versions"},
+    {"test", sonar_cmd_test, "run a check table's cases locally, without a bus (CI)"},
     {"version", sonar_cmd_version, "print the version"},
+    {"watch", sonar_cmd_watch, "live feed of registrations, changes, results and reports"},
 };
 
 static void usage(FILE *to)

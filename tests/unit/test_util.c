@@ -34,6 +34,9 @@ Test(util, name_check_explains_the_rule)
     cr_assert_eq(sonar_name_check("service name", NULL), SONAR_ERR_INVALID);
     cr_assert(strstr(sonar_last_error(), "missing") != NULL);
     cr_assert_eq(sonar_name_check("service name", "ok"), SONAR_OK);
+    /* Non-ASCII bytes never reach the error text (it must stay valid UTF-8). */
+    cr_assert_eq(sonar_name_check("service name", "caf\xc3\xa9"), SONAR_ERR_INVALID);
+    cr_assert(strstr(sonar_last_error(), "\"caf??\"") != NULL, "%s", sonar_last_error());
 }
 
 Test(util, durations_parse_with_units)

@@ -38,7 +38,8 @@ typedef struct sonar_bus_config {
     const char *password;
     const char *token;         /**< token authentication */
     const char *creds_file;    /**< JWT user credentials file (.creds) */
-    const char *nkey_seed_file;/**< file holding an NKey seed */
+    const char *nkey_public;   /**< NKey public key (user "U..."); needs nkey_seed_file */
+    const char *nkey_seed_file;/**< file holding the NKey seed that signs the server nonce */
     const char *tls_ca;        /**< CA certificates file; setting any TLS field enables TLS */
     const char *tls_cert;      /**< client certificate chain file */
     const char *tls_key;       /**< client private key file */
@@ -49,7 +50,7 @@ typedef struct sonar_bus_config {
 /**
  * \brief Fills unset fields of \p cfg from the environment: NATS_URL,
  *        NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_CREDS, NATS_NKEY
- *        (seed file), NATS_CA, NATS_CERT, NATS_KEY. Fields already set are
+ *        (public key), NATS_NKEY_SEED (seed file), NATS_CA, NATS_CERT, NATS_KEY. Fields already set are
  *        kept. The strings are borrowed from the environment.
  */
 void sonar_bus_config_from_env(sonar_bus_config *cfg);

@@ -11,6 +11,28 @@
  * name that breaks the name rule); sonar_last_error() then names the field
  * and the reason.
  *
+ * Decoders (`sonar_<kind>_decode(out, data, len)`): \p data need not be
+ * NUL-terminated; a message larger than SONAR_MAX_MESSAGE_BYTES, an empty
+ * one, a non-object root, duplicate keys and a `\u0000` inside a string are
+ * refused with SONAR_ERR_PROTOCOL. A message of another known kind is
+ * SONAR_ERR_PROTOCOL ("expected sonar.check.v1, got sonar.result.v1").
+ * \p out is written only on success and is overwritten without being
+ * finished first: pass a zeroed or finished struct. NULL \p out is
+ * SONAR_ERR_INVALID.
+ *
+ * Encoders (`sonar_<kind>_encode(msg, out_json)`): build compact JSON and
+ * then validate it with the decoder, so they never emit a message a peer
+ * would refuse; on bad input they return the status and error text the
+ * decoder would give. *out_json is new (free()) and written only on
+ * success. NULL arguments are SONAR_ERR_INVALID. Optional fields that are
+ * NULL (or 0 / false where documented) are left out of the JSON.
+ *
+ * Text rules: names (service, change_id, dependency) follow the name rule
+ * of util.h; "text" fields (instance, version, check names) are 1..256
+ * bytes of UTF-8 without control characters; addresses are 1..2048 such
+ * bytes; messages and reasons are 0..4096 bytes of UTF-8 (line breaks
+ * allowed).
+ *
  * Value structs: each message struct is a plain public struct. Strings and
  * arrays in a decoded struct are owned by it ("new"): release them with the
  * matching `_finish`, which also accepts a zeroed struct. Encoders never
@@ -65,6 +87,12 @@ typedef enum sonar_msg_kind {
     SONAR_MSG_CHANGE,    /**< sonar.change.v1 */
     SONAR_MSG_REPORT,    /**< sonar.report.v1 */
     SONAR_MSG_ERROR,     /**< sonar.error.v1 */
+    /* sonard read API and gather announcement (see docs/protocol.md); peek
+     * recognises them, decoders for them live with their users. */
+    SONAR_MSG_GATHER,    /**< sonar.gather.v1 */
+    SONAR_MSG_SERVICES,  /**< sonar.services.v1 */
+    SONAR_MSG_HISTORY,   /**< sonar.history.v1 */
+    SONAR_MSG_GRAPH,     /**< sonar.graph.v1 */
 } sonar_msg_kind;
 
 /**
@@ -75,7 +103,7 @@ typedef enum sonar_msg_kind {
  */
 sonar_status sonar_msg_peek(const char *data, size_t len, sonar_msg_kind *out_kind);
 
-/** \brief The `type` string of a kind ("sonar.register.v1"), or NULL for UNKNOWN. */
+/** \brief The `type` string of a kind ("sonar.register.v1"; static), or NULL for UNKNOWN. */
 const char *sonar_msg_kind_type(sonar_msg_kind kind);
 
 /* ---- Check outcome ----------------------------------------------------- */
@@ -97,8 +125,8 @@ sonar_status sonar_outcome_parse(const char *s, sonar_outcome *out);
 
 /** The checks one service runs against one dependency. */
 typedef struct sonar_dep_checks {
-    char *dependency;  /**< service name */
-    char **names;      /**< check names */
+    char *dependency;  /**< service name (name rule); unique within `checks` */
+    char **names;      /**< check names (text rule), at most SONAR_MAX_LIST, unique */
     size_t n_names;
 } sonar_dep_checks;
 
@@ -106,15 +134,17 @@ typedef struct sonar_register_msg {
     char *service;         /**< required, name rule */
     char *instance;        /**< required, 1..256 bytes */
     char *version;         /**< required, 1..256 bytes (SemVer recommended) */
-    char *address;         /**< optional ("" when absent) */
-    char **depends_on;     /**< each a valid name */
+    char *address;         /**< optional: "" (or NULL when encoding) means absent */
+    char **depends_on;     /**< each a valid name, unique, at most SONAR_MAX_LIST */
     size_t n_depends_on;
-    sonar_dep_checks *checks; /**< keys must be valid names */
+    sonar_dep_checks *checks; /**< keys must be valid names; at most SONAR_MAX_LIST */
     size_t n_checks;
     int64_t heartbeat_ms;  /**< required, 100..3600000 */
     char *health;          /**< optional: HTTP URL, "nats", or NULL */
     char *metrics;         /**< optional: HTTP URL, "nats", or NULL */
-    json_t *metadata;      /**< optional object of string values; NULL when absent (owned reference) */
+    json_t *metadata;      /**< optional object of string values (keys: text rule, values
+                                <= 4096 bytes, <= SONAR_MAX_LIST entries); NULL when absent.
+                                Decoded: an owned reference. Encoding copies it. */
 } sonar_register_msg;
 
 sonar_status sonar_register_encode(const sonar_register_msg *msg, char **out_json /* new, free() */);
@@ -125,7 +155,7 @@ void sonar_register_finish(sonar_register_msg *msg);
 
 typedef struct sonar_leave_msg {
     char *service;   /**< required, name rule */
-    char *instance;  /**< required */
+    char *instance;  /**< required, text rule */
 } sonar_leave_msg;
 
 sonar_status sonar_leave_encode(const sonar_leave_msg *msg, char **out_json);
@@ -172,17 +202,17 @@ void sonar_check_finish(sonar_check_msg *msg);
 typedef struct sonar_check_result {
     char *name;            /**< check name */
     sonar_outcome status;  /**< SONAR_PASS or SONAR_FAIL */
-    int64_t duration_ms;
-    char *message;         /**< may be "" */
+    int64_t duration_ms;   /**< 0..86400000; absent decodes as 0 */
+    char *message;         /**< may be "" (absent decodes as ""; NULL encodes as "") */
 } sonar_check_result;
 
 typedef struct sonar_result_msg {
     char *change_id;       /**< name rule */
     char *service;         /**< the responder, name rule */
-    char *instance;
-    sonar_outcome status;  /**< PASS, FAIL or NONE */
-    int64_t duration_ms;
-    sonar_check_result *checks;
+    char *instance;        /**< text rule */
+    sonar_outcome status;  /**< PASS, FAIL or NONE; NONE has no checks, PASS no failed check */
+    int64_t duration_ms;   /**< 0..86400000; absent decodes as 0 */
+    sonar_check_result *checks; /**< absent decodes as none; at most SONAR_MAX_LIST */
     size_t n_checks;
 } sonar_result_msg;
 
@@ -196,8 +226,8 @@ typedef struct sonar_report_entry {
     char *service;
     sonar_outcome status;  /**< PASS, FAIL, NONE or INCOMPLETE */
     char *reason;          /**< "" unless incomplete or flagged, e.g. "no answer by the deadline" */
-    bool unregistered;     /**< answered but not in the registry (flagged) */
-    int64_t duration_ms;
+    bool unregistered;     /**< answered but not in the registry (flagged); encoded only when true */
+    int64_t duration_ms;   /**< absent decodes as 0 */
     sonar_check_result *checks;
     size_t n_checks;
 } sonar_report_entry;
@@ -212,7 +242,7 @@ typedef struct sonar_report_msg {
     char *version;
     char *address;
     sonar_outcome verdict;     /**< PASS, FAIL or INCOMPLETE */
-    char *started_at;          /**< RFC 3339 UTC */
+    char *started_at;          /**< RFC 3339 (sonar_format_rfc3339) */
     int64_t duration_ms;
     sonar_report_counts counts;
     sonar_report_entry *results;
@@ -230,8 +260,8 @@ void sonar_report_finish(sonar_report_msg *msg);
 #define SONAR_HDR_SERVICE_ERROR_CODE "Nats-Service-Error-Code"
 
 typedef struct sonar_error_msg {
-    int code;       /**< HTTP-like: 400 bad request, 404 not found, 500 internal, 503 unavailable */
-    char *message;
+    int code;       /**< HTTP-like, 100..599: 400 bad request, 404 not found, 500 internal, 503 unavailable */
+    char *message;  /**< required, 0..4096 bytes */
 } sonar_error_msg;
 
 sonar_status sonar_error_encode(const sonar_error_msg *msg, char **out_json);
@@ -244,10 +274,16 @@ void sonar_error_finish(sonar_error_msg *msg);
  * \brief Builds "<prefix><a>" or "<prefix><a>.<b>" after checking each
  *        token with the name rule. \p b may be NULL.
  * \param out new string (free()), written on success.
+ * \return SONAR_OK, or SONAR_ERR_INVALID naming the bad token.
  */
 sonar_status sonar_subject(char **out, const char *prefix, const char *a, const char *b);
 
-/** \brief Deep copy helpers for the structs above (dst is overwritten; new). */
+/**
+ * \brief Deep copy helpers for the structs above: \p dst is overwritten
+ *        (not finished first) and owns new copies; written only on
+ *        success. A sonar_check_result copy is released by freeing name and
+ *        message. \return SONAR_OK, SONAR_ERR_NOMEM, SONAR_ERR_INVALID (NULL).
+ */
 sonar_status sonar_check_result_copy(sonar_check_result *dst, const sonar_check_result *src);
 sonar_status sonar_register_copy(sonar_register_msg *dst, const sonar_register_msg *src);
 

@@ -58,6 +58,8 @@ typedef struct sonar_service_config {
     int64_t heartbeat_ms;    /**< 0: SONAR_DEFAULT_HEARTBEAT_MS */
     int endpoint_workers;    /**< threads serving endpoint handlers; 0: 4 */
     const char *const *metadata; /**< NULL-terminated "key", "value", ... pairs; may be NULL */
+    bool no_check_endpoint;  /**< true: do not answer check requests at all (coordinators,
+                                  tools); the service still registers and answers $SRV */
 } sonar_service_config;
 
 typedef struct sonar_service sonar_service;

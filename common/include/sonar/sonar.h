@@ -11,8 +11,11 @@
 #include "sonar/bus.h"
 #include "sonar/service.h"
 #include "sonar/http.h"
+#include "sonar/checktable.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
 #include "sonar/inbox.h"
+#include "sonar/promtext.h"
+#include "sonar/health.h"
 
 #endif

@@ -1,0 +1,324 @@
+/* sonar watch: a live feed of what happens on the bus. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "cli_common.h"
+#include "cli_format.h"
+#include "commands.h"
+
+/* Where reports are replayed from by --since (sonard's outbox stream). */
+#define REPORT_STREAM "SONAR_REPORTS"
+#define REPORT_STREAM_SUBJECTS "sonar.events.report.>"
+
+enum { TAG_LIVE = 1, TAG_REPLAY };
+
+static const char usage_text[] =
+    "usage: sonar watch [service] [--json] [--since DURATION]\n"
+    "\n"
+    "Prints what happens on the bus as it happens, one line per event:\n"
+    "registrations (first sighting of an instance, and when its version or\n"
+    "address changes; heartbeats are not repeated), leaves, change\n"
+    "announcements, gathers, check results and reports. With a service, only\n"
+    "events about that service (its changes' gathers and results included).\n"
+    "Runs until interrupted (Ctrl-C or SIGTERM, exit 0).\n"
+    "\n"
+    "Options:\n"
+    "  --json             one JSON object per line:\n"
+    "                     {\"time\",\"event\",\"subject\",\"message\",\"replayed\"?}\n"
+    "  --since DURATION   first replay the reports of the last DURATION (e.g. 1h)\n"
+    "                     from the " REPORT_STREAM " JetStream stream\n"
+    "\n"
+    "Exit codes: 0 interrupted, 2 bad arguments, 3 error (bus unreachable).\n";
+
+/* Set by the signal thread; read by the main loop. */
+static atomic_bool stop_requested;
+
+typedef struct signal_waiter {
+    sigset_t set;
+    sonar_cli_queue *q;
+} signal_waiter;
+
+/* Waits for SIGINT/SIGTERM (blocked in every thread) and wakes the loop. */
+static void *wait_for_signal(void *arg)
+{
+    signal_waiter *w = arg;
+    int sig = 0;
+    sigwait(&w->set, &sig);
+    atomic_store(&stop_requested, true);
+    sonar_cli_queue_wake(w->q);
+    return NULL;
+}
+
+/* Validates a feed message against the protocol. Returns false with the
+ * reason in \p why. */
+static bool valid_event(sonar_cli_event ev, const char *subject, const char *data, size_t len,
+                        const json_t *v, char *why, size_t whylen)
+{
+    sonar_status s = SONAR_OK;
+    const char *token = strrchr(subject, '.') + 1;
+    switch (ev) {
+    case SONAR_CLI_EV_REGISTER: {
+        sonar_register_msg m;
+        memset(&m, 0, sizeof m);
+        s = sonar_register_decode(&m, data, len);
+        if (s == SONAR_OK && strcmp(m.service, token) != 0) {
+            snprintf(why, whylen, "registration of %s published on the subject of %s",
+                     m.service, token);
+            sonar_register_finish(&m);
+            return false;
+        }
+        sonar_register_finish(&m);
+        break;
+    }
+    case SONAR_CLI_EV_LEAVE: {
+        sonar_leave_msg m;
+        memset(&m, 0, sizeof m);
+        s = sonar_leave_decode(&m, data, len);
+        sonar_leave_finish(&m);
+        break;
+    }
+    case SONAR_CLI_EV_CHANGE: {
+        sonar_change_msg m;
+        memset(&m, 0, sizeof m);
+        s = sonar_change_decode(&m, data, len);
+        sonar_change_finish(&m);
+        break;
+    }
+    case SONAR_CLI_EV_GATHER: {
+        /* No codec for sonar.gather.v1 in protocol.h: check its fields here. */
+        const char *type = json_string_value(json_object_get(v, "type"));
+        json_t *expected = json_object_get(v, "expected");
+        if (type == NULL || strcmp(type, "sonar.gather.v1") != 0) {
+            snprintf(why, whylen, "type is not sonar.gather.v1");
+            return false;
+        }
+        if (!sonar_name_valid(json_string_value(json_object_get(v, "change_id"))) ||
+            !sonar_name_valid(json_string_value(json_object_get(v, "service"))) ||
+            !json_is_array(expected)) {
+            snprintf(why, whylen, "gather needs a valid change_id, service and expected list");
+            return false;
+        }
+        return true;
+    }
+    case SONAR_CLI_EV_RESULT: {
+        sonar_result_msg m;
+        memset(&m, 0, sizeof m);
+        s = sonar_result_decode(&m, data, len);
+        sonar_result_finish(&m);
+        break;
+    }
+    case SONAR_CLI_EV_REPORT: {
+        sonar_report_msg m;
+        memset(&m, 0, sizeof m);
+        s = sonar_report_decode(&m, data, len);
+        sonar_report_finish(&m);
+        break;
+    }
+    case SONAR_CLI_EV_UNKNOWN:
+        snprintf(why, whylen, "unexpected subject");
+        return false;
+    }
+    if (s != SONAR_OK) {
+        snprintf(why, whylen, "%s", sonar_last_error());
+        return false;
+    }
+    return true;
+}
+
+typedef struct watch {
+    bool json;
+    int64_t started_wall_ms;
+    sonar_cli_watch_filter *filter;
+    json_t *replayed_reports; /* change ids of reports shown from the stream */
+} watch;
+
+/* Handles one message from the queue. */
+static void show(watch *w, natsMsg *msg, int tag)
+{
+    const char *subject = natsMsg_GetSubject(msg);
+    const char *data = natsMsg_GetData(msg);
+    size_t len = (size_t)natsMsg_GetDataLength(msg);
+    int64_t now = sonar_wall_ms();
+    sonar_cli_event ev = sonar_cli_event_kind(subject);
+    char why[512] = "";
+    json_t *v = sonar_cli_parse_object(data, len);
+    if (v == NULL) {
+        sonar_cli_print_invalid(stdout, w->json, subject, sonar_cli_last_error(), now);
+        return;
+    }
+    if (!valid_event(ev, subject, data, len, v, why, sizeof why)) {
+        sonar_cli_print_invalid(stdout, w->json, subject, why, now);
+        json_decref(v);
+        return;
+    }
+    bool replayed = false;
+    if (ev == SONAR_CLI_EV_REPORT) {
+        /* A report can come both from the stream and live: show it once. */
+        const char *cid = json_string_value(json_object_get(v, "change_id"));
+        if (json_object_get(w->replayed_reports, cid)) {
+            json_decref(v);
+            return;
+        }
+        if (tag == TAG_REPLAY) {
+            json_object_set_new(w->replayed_reports, cid, json_true());
+            jsMsgMetaData *meta = NULL;
+            if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+                now = meta->Timestamp / 1000000;
+                replayed = now < w->started_wall_ms;
+                jsMsgMetaData_Destroy(meta);
+            }
+        }
+    }
+    if (sonar_cli_watch_filter_pass(w->filter, ev, subject, v)) {
+        if (w->json)
+            sonar_cli_print_event_json(stdout, ev, subject, v, now, replayed);
+        else
+            sonar_cli_print_event(stdout, ev, subject, v, now, replayed);
+        fflush(stdout);
+    }
+    json_decref(v);
+}
+
+/* Starts the --since replay; a missing stream is said on stderr and the
+ * feed goes on live. */
+static int start_replay(sonar_cli_queue *q, natsConnection *nc, jsCtx **js, int64_t since_ms)
+{
+    natsStatus ns = natsConnection_JetStream(js, nc, NULL);
+    if (ns != NATS_OK)
+        return sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "JetStream unavailable: %s",
+                             natsStatus_GetText(ns));
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    ns = js_GetStreamInfo(&si, *js, REPORT_STREAM, NULL, &jerr);
+    jsStreamInfo_Destroy(si);
+    if (ns != NATS_OK) {
+        if (ns == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr)
+            fprintf(stderr, "sonar watch: no stream %s on this server (is sonard's outbox "
+                            "enabled?): nothing to replay, showing live events only\n",
+                    REPORT_STREAM);
+        else
+            fprintf(stderr, "sonar watch: cannot replay reports from %s: %s; showing live "
+                            "events only\n", REPORT_STREAM, natsStatus_GetText(ns));
+        return SONAR_CLI_EXIT_OK;
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = REPORT_STREAM;
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverByStartTime;
+    so.Config.OptStartTime = (sonar_wall_ms() - since_ms) * 1000000;
+    if (sonar_cli_queue_subscribe_js(q, *js, REPORT_STREAM_SUBJECTS, &so, TAG_REPLAY) !=
+        SONAR_OK)
+        fprintf(stderr, "sonar watch: cannot replay reports: %s; showing live events only\n",
+                sonar_cli_last_error());
+    return SONAR_CLI_EXIT_OK;
+}
+
+/* Subscribes the live feed, narrowed to one service where the subject allows. */
+static int subscribe_live(sonar_cli_queue *q, natsConnection *nc, const char *service)
+{
+    static const char *const per_service[] = {"sonar.register.", "sonar.leave.",
+                                              "sonar.change.", "sonar.report."};
+    char subject[128];
+    for (size_t i = 0; i < sizeof per_service / sizeof per_service[0]; i++) {
+        snprintf(subject, sizeof subject, "%s%s", per_service[i], service ? service : "*");
+        if (sonar_cli_queue_subscribe(q, nc, subject, TAG_LIVE) != SONAR_OK)
+            return sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "%s", sonar_cli_last_error());
+    }
+    if (sonar_cli_queue_subscribe(q, nc, "sonar.gather.*", TAG_LIVE) != SONAR_OK ||
+        sonar_cli_queue_subscribe(q, nc, "sonar.result.*.*", TAG_LIVE) != SONAR_OK)
+        return sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "%s", sonar_cli_last_error());
+    return SONAR_CLI_EXIT_OK;
+}
+
+int sonar_cmd_watch(int argc, char **argv)
+{
+    bool json = false;
+    const char *since = NULL;
+    const sonar_cli_opt opts[] = {
+        {"json", 0, NULL, &json}, {"since", 0, &since, NULL}, {NULL, 0, NULL, NULL}};
+    sonar_cli_args args;
+    char err[256];
+    if (!sonar_cli_parse(&args, argc, argv, opts, 1, err, sizeof err))
+        return sonar_cli_die("watch", SONAR_CLI_EXIT_USAGE, "%s", err);
+    if (args.help) {
+        sonar_cli_usage(stdout, usage_text);
+        return SONAR_CLI_EXIT_OK;
+    }
+    const char *service = args.n_pos ? args.pos[0] : NULL;
+    if (service && sonar_name_check("service name", service) != SONAR_OK)
+        return sonar_cli_die("watch", SONAR_CLI_EXIT_USAGE, "%s", sonar_last_error());
+    int64_t since_ms = 0;
+    if (since && sonar_parse_duration_ms(since, &since_ms) != SONAR_OK)
+        return sonar_cli_die("watch", SONAR_CLI_EXIT_USAGE, "--since: %s", sonar_last_error());
+    if (since && since_ms <= 0)
+        return sonar_cli_die("watch", SONAR_CLI_EXIT_USAGE, "--since must be more than zero");
+
+    /* Block the stop signals before any thread exists, so every thread
+     * (nats.c's included) inherits the mask and only sigwait sees them. */
+    signal_waiter waiter;
+    sigemptyset(&waiter.set);
+    sigaddset(&waiter.set, SIGINT);
+    sigaddset(&waiter.set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &waiter.set, NULL);
+
+    watch w = {.json = json, .started_wall_ms = sonar_wall_ms()};
+    w.filter = sonar_cli_watch_filter_create(service);
+    w.replayed_reports = json_object();
+    sonar_bus *bus = NULL;
+    sonar_cli_queue *q = NULL;
+    jsCtx *js = NULL;
+    bool waiter_started = false;
+    pthread_t waiter_thread;
+    int rc = SONAR_CLI_EXIT_ERROR;
+    if (w.filter == NULL || w.replayed_reports == NULL || (q = sonar_cli_queue_create()) == NULL) {
+        rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "out of memory");
+        goto cleanup;
+    }
+    waiter.q = q;
+    if (pthread_create(&waiter_thread, NULL, wait_for_signal, &waiter) != 0) {
+        rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "cannot start the signal thread");
+        goto cleanup;
+    }
+    waiter_started = true;
+    if (sonar_cli_connect(&bus, &args) != SONAR_OK) {
+        rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "%s", sonar_cli_last_error());
+        goto cleanup;
+    }
+    natsConnection *nc = sonar_bus_nats(bus);
+    rc = subscribe_live(q, nc, service);
+    if (rc == SONAR_CLI_EXIT_OK && since_ms > 0)
+        rc = start_replay(q, nc, &js, since_ms);
+    if (rc != SONAR_CLI_EXIT_OK)
+        goto cleanup;
+    if (natsConnection_Flush(nc) != NATS_OK) {
+        rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "lost the bus while subscribing");
+        goto cleanup;
+    }
+    fprintf(stderr, "sonar watch: watching %s on %s (Ctrl-C to stop)\n",
+            service ? service : "all services", sonar_bus_url(bus));
+    while (!atomic_load(&stop_requested)) {
+        natsMsg *msg = NULL;
+        int tag = 0;
+        if (!sonar_cli_queue_pop(q, 60000, &msg, &tag))
+            continue;
+        show(&w, msg, tag);
+        natsMsg_Destroy(msg);
+    }
+    rc = SONAR_CLI_EXIT_OK;
+cleanup:
+    if (waiter_started) {
+        if (!atomic_load(&stop_requested))
+            pthread_kill(waiter_thread, SIGTERM); /* blocked: sigwait takes it */
+        pthread_join(waiter_thread, NULL);
+    }
+    sonar_cli_queue_destroy(q);
+    jsCtx_Destroy(js);
+    sonar_bus_destroy(bus);
+    sonar_cli_watch_filter_destroy(w.filter);
+    json_decref(w.replayed_reports);
+    return rc;
+}

@@ -1,0 +1,529 @@
+/* sonard: registry subscriptions, change announcements, the read API. */
+#include "coordinator.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "gather.h"
+#include "internal.h"
+#include "registry.h"
+#include "reply.h"
+#include "sonar/log.h"
+#include "sonar/protocol.h"
+#include "sonar/service.h"
+#include "sonar/util.h"
+#include "store.h"
+
+/* Header on reports this coordinator publishes, so it does not store them twice. */
+#define HDR_COORDINATOR "Sonar-Coordinator"
+
+struct sonar_coordinator {
+    sonar_coordinator_config cfg;
+    char *db_path;
+    char *version;
+    sonar_bus *bus;
+    natsConnection *nc;
+    sonar_store *store;
+    sonar_registry *reg;
+    sonar_gatherer *gatherer;
+    sonar_service *svc;
+    natsSubscription *sub_register, *sub_leave, *sub_report;
+};
+
+/* ---- restoring the registry from the store ---------------------------- */
+
+static void restore_service(void *closure, const char *service, const char *version,
+                            const char *depends_on_json, const char *checks_json,
+                            int64_t wall_ms)
+{
+    sonar_coordinator *c = closure;
+    json_t *deps = json_loads(depends_on_json, 0, NULL);
+    json_t *checks = json_loads(checks_json, 0, NULL);
+    if (sonar_registry_restore_service(c->reg, service, version, deps, checks, wall_ms) !=
+        SONAR_OK)
+        sonar_log(SONAR_LOG_WARN, "stored service skipped: %s", sonar_last_error());
+    json_decref(deps);
+    json_decref(checks);
+}
+
+static void restore_instance(void *closure, const char *service, const char *instance,
+                             const char *version, const char *address, int64_t heartbeat_ms,
+                             int64_t wall_ms)
+{
+    sonar_coordinator *c = closure;
+    sonar_registry_restore_instance(c->reg, service, instance, version, address, heartbeat_ms,
+                                    wall_ms, sonar_now_ms(), sonar_wall_ms());
+}
+
+/* ---- plain subscriptions (NATS threads: decode and memory only) -------- */
+
+/* The token after `prefix` in the subject, if it is one valid name. */
+static const char *subject_name(natsMsg *msg, const char *prefix)
+{
+    const char *subject = natsMsg_GetSubject(msg);
+    size_t n = strlen(prefix);
+    if (strncmp(subject, prefix, n) != 0 || !sonar_name_valid(subject + n))
+        return NULL;
+    return subject + n;
+}
+
+static void on_register(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    sonar_coordinator *c = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    const char *name = subject_name(msg, SONAR_SUBJ_REGISTER_PREFIX);
+    sonar_register_msg r = {0};
+    char *deps = NULL, *checks = NULL;
+    sonar_status s = name ? sonar_register_decode(&r, natsMsg_GetData(msg),
+                                                  (size_t)natsMsg_GetDataLength(msg))
+                          : sonar__fail(SONAR_ERR_INVALID, "bad subject %.200s",
+                                        natsMsg_GetSubject(msg));
+    if (s == SONAR_OK && strcmp(r.service, name) != 0)
+        s = sonar__fail(SONAR_ERR_INVALID, "registration of %s published on the subject of %s",
+                        r.service, name);
+    if (s != SONAR_OK) {
+        sonar_log(SONAR_LOG_DEBUG, "registration refused: %s", sonar_last_error());
+        sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid registration: %s",
+                          sonar_last_error());
+        goto out;
+    }
+    int64_t wall = sonar_wall_ms();
+    bool fresh = false;
+    s = sonar_registry_register(c->reg, &r, sonar_now_ms(), wall, &fresh);
+    if (s == SONAR_ERR_STATE)
+        goto out; /* our own registration */
+    if (s == SONAR_OK)
+        s = sonar_registry_info_json(&r, &deps, &checks);
+    if (s == SONAR_OK)
+        s = sonar_store_enqueue_register(c->store, r.service, r.version, deps, checks,
+                                         r.instance, r.address, r.heartbeat_ms, wall);
+    if (s != SONAR_OK)
+        sonar_log(SONAR_LOG_WARN, "registration of %s: %s", r.service, sonar_last_error());
+    else if (fresh)
+        sonar_log(SONAR_LOG_INFO, "instance %s of %s %s joined", r.instance, r.service,
+                  r.version);
+out:
+    free(deps);
+    free(checks);
+    sonar_register_finish(&r);
+    natsMsg_Destroy(msg);
+}
+
+static void on_leave(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    sonar_coordinator *c = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    const char *name = subject_name(msg, SONAR_SUBJ_LEAVE_PREFIX);
+    sonar_leave_msg l = {0};
+    sonar_status s = name ? sonar_leave_decode(&l, natsMsg_GetData(msg),
+                                               (size_t)natsMsg_GetDataLength(msg))
+                          : sonar__fail(SONAR_ERR_INVALID, "bad subject %.200s",
+                                        natsMsg_GetSubject(msg));
+    if (s == SONAR_OK && strcmp(l.service, name) != 0)
+        s = sonar__fail(SONAR_ERR_INVALID, "leave of %s published on the subject of %s",
+                        l.service, name);
+    if (s != SONAR_OK) {
+        sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid leave: %s",
+                          sonar_last_error());
+        goto out;
+    }
+    if (sonar_registry_leave(c->reg, l.service, l.instance) == SONAR_OK) {
+        sonar_log(SONAR_LOG_INFO, "instance %s of %s left", l.instance, l.service);
+        if (sonar_store_enqueue_leave(c->store, l.service, l.instance) != SONAR_OK)
+            sonar_log(SONAR_LOG_WARN, "leave of %s: %s", l.service, sonar_last_error());
+    }
+out:
+    sonar_leave_finish(&l);
+    natsMsg_Destroy(msg);
+}
+
+/* Reports of other coordinators: stored too, so a retry that lands here finds them. */
+static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    sonar_coordinator *c = closure;
+    const char *from = NULL;
+    if (natsMsgHeader_Get(msg, HDR_COORDINATOR, &from) == NATS_OK && from != NULL &&
+        strcmp(from, sonar_service_instance(c->svc)) == 0)
+        goto out;
+    const char *reply = natsMsg_GetReply(msg);
+    const char *name = subject_name(msg, SONAR_SUBJ_REPORT_PREFIX);
+    sonar_report_msg r = {0};
+    const char *data = natsMsg_GetData(msg);
+    int len = natsMsg_GetDataLength(msg);
+    sonar_status s = name ? sonar_report_decode(&r, data, (size_t)len)
+                          : sonar__fail(SONAR_ERR_INVALID, "bad subject %.200s",
+                                        natsMsg_GetSubject(msg));
+    if (s == SONAR_OK && strcmp(r.service, name) != 0)
+        s = sonar__fail(SONAR_ERR_INVALID, "report of %s published on the subject of %s",
+                        r.service, name);
+    if (s != SONAR_OK) {
+        sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid report: %s",
+                          sonar_last_error());
+    } else {
+        char *text = strndup(data, (size_t)len);
+        if (text == NULL ||
+            sonar_store_enqueue_report(c->store, r.change_id, r.service,
+                                       sonar_outcome_str(r.verdict), sonar_wall_ms(),
+                                       text) != SONAR_OK)
+            sonar_log(SONAR_LOG_WARN, "report of change %s not stored", r.change_id);
+        free(text);
+    }
+    sonar_report_finish(&r);
+out:
+    natsMsg_Destroy(msg);
+}
+
+/* ---- endpoints (worker threads) ------------------------------------------ */
+
+static sonar_status respond_json(sonar_request *req, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (text == NULL)
+        return sonar_request_respond_error(req, 500, "out of memory");
+    sonar_status s = sonar_request_respond(req, text, strlen(text));
+    free(text);
+    return s;
+}
+
+/* The request body: empty (NULL in *out) or a JSON object; otherwise a 400 reply. */
+static bool request_body(sonar_request *req, json_t **out)
+{
+    *out = NULL;
+    size_t len = sonar_request_len(req);
+    const char *data = sonar_request_data(req);
+    bool blank = true;
+    for (size_t i = 0; i < len && blank; i++)
+        blank = data[i] == ' ' || data[i] == '\t' || data[i] == '\r' || data[i] == '\n';
+    if (blank)
+        return true;
+    json_error_t err;
+    json_t *doc = len <= SONAR_MAX_MESSAGE_BYTES ? json_loadb(data, len, 0, &err) : NULL;
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        sonar_request_respond_error(req, 400, "the request body must be empty or a JSON object%s%s",
+                                    len > SONAR_MAX_MESSAGE_BYTES ? " (too large)" : ": ",
+                                    len > SONAR_MAX_MESSAGE_BYTES ? "" : err.text);
+        return false;
+    }
+    *out = doc;
+    return true;
+}
+
+static sonar_status api_services(sonar_request *req, void *closure)
+{
+    sonar_coordinator *c = closure;
+    json_t *body, *doc;
+    if (!request_body(req, &body))
+        return SONAR_OK;
+    json_decref(body);
+    if (sonar_registry_services_json(c->reg, sonar_now_ms(), &doc) != SONAR_OK)
+        return sonar_request_respond_error(req, 500, "%s", sonar_last_error());
+    return respond_json(req, doc);
+}
+
+static sonar_status api_graph(sonar_request *req, void *closure)
+{
+    sonar_coordinator *c = closure;
+    json_t *body, *doc;
+    if (!request_body(req, &body))
+        return SONAR_OK;
+    json_decref(body);
+    if (sonar_registry_graph_json(c->reg, &doc) != SONAR_OK)
+        return sonar_request_respond_error(req, 500, "%s", sonar_last_error());
+    return respond_json(req, doc);
+}
+
+/* A required name field of the body; replies 400 and returns NULL when absent or invalid. */
+static const char *body_name(sonar_request *req, json_t *body, const char *field)
+{
+    const char *v = json_string_value(json_object_get(body, field));
+    if (!sonar_name_valid(v)) {
+        sonar_request_respond_error(req, 400, "\"%s\" is %s: it must match ^[A-Za-z0-9_-]{1,64}$",
+                                    field, v ? "invalid" : "missing");
+        return NULL;
+    }
+    return v;
+}
+
+static sonar_status api_report(sonar_request *req, void *closure)
+{
+    sonar_coordinator *c = closure;
+    json_t *body;
+    if (!request_body(req, &body))
+        return SONAR_OK;
+    const char *cid = body_name(req, body, "change_id");
+    if (cid != NULL) {
+        char *text = NULL;
+        sonar_status s = sonar_store_get_report(c->store, cid, &text);
+        if (s == SONAR_OK)
+            sonar_request_respond(req, text, strlen(text));
+        else
+            sonar_request_respond_error(req, s == SONAR_ERR_NOT_FOUND ? 404 : 500, "%s",
+                                        sonar_last_error());
+        free(text);
+    }
+    json_decref(body);
+    return SONAR_OK;
+}
+
+static sonar_status api_history(sonar_request *req, void *closure)
+{
+    sonar_coordinator *c = closure;
+    json_t *body;
+    if (!request_body(req, &body))
+        return SONAR_OK;
+    const char *service = body_name(req, body, "service");
+    json_t *limit_v = json_object_get(body, "limit");
+    json_int_t limit = SONARD_HISTORY_DEFAULT;
+    if (service == NULL)
+        goto out;
+    if (limit_v != NULL) {
+        if (!json_is_integer(limit_v) || json_integer_value(limit_v) < 1 ||
+            json_integer_value(limit_v) > SONARD_HISTORY_MAX) {
+            sonar_request_respond_error(req, 400, "\"limit\" must be an integer from 1 to %d",
+                                        SONARD_HISTORY_MAX);
+            goto out;
+        }
+        limit = json_integer_value(limit_v);
+    }
+    json_t *reports = NULL;
+    if (sonar_store_history(c->store, service, (int)limit, &reports) != SONAR_OK) {
+        sonar_request_respond_error(req, 500, "%s", sonar_last_error());
+        goto out;
+    }
+    json_t *doc = json_pack("{s:s, s:s, s:o}", "type", "sonar.history.v1", "service", service,
+                            "reports", reports);
+    if (doc == NULL)
+        sonar_request_respond_error(req, 500, "out of memory");
+    else
+        respond_json(req, doc);
+out:
+    json_decref(body);
+    return SONAR_OK;
+}
+
+/* Publishes the report on sonar.report.<service>, marked as ours. */
+static void publish_report(sonar_coordinator *c, const char *service, const char *json)
+{
+    char *subject = NULL;
+    natsMsg *m = NULL;
+    if (sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, service, NULL) != SONAR_OK)
+        return;
+    natsStatus ns = natsMsg_Create(&m, subject, NULL, json, (int)strlen(json));
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(m, HDR_COORDINATOR, sonar_service_instance(c->svc));
+    if (ns == NATS_OK)
+        ns = natsConnection_PublishMsg(c->nc, m);
+    if (ns != NATS_OK)
+        sonar_log(SONAR_LOG_WARN, "publishing the report on %s: %s", subject,
+                  natsStatus_GetText(ns));
+    natsMsg_Destroy(m);
+    free(subject);
+}
+
+static sonar_status on_change(sonar_request *req, void *closure)
+{
+    sonar_coordinator *c = closure;
+    const char *subject = sonar_request_subject(req);
+    size_t plen = strlen(SONAR_SUBJ_CHANGE_PREFIX);
+    const char *name = strncmp(subject, SONAR_SUBJ_CHANGE_PREFIX, plen) == 0 ? subject + plen
+                                                                              : "";
+    if (!sonar_name_valid(name))
+        return sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
+    sonar_change_msg ch = {0};
+    sonar_status s = sonar_change_decode(&ch, sonar_request_data(req), sonar_request_len(req));
+    if (s != SONAR_OK)
+        return sonar_request_respond_error(req, sonar_reply_code(s), "invalid change: %s",
+                                           sonar_last_error());
+    char generated[32];
+    sonar_gather *ga = NULL;
+    char *report = NULL;
+    sonar_outcome verdict = SONAR_INCOMPLETE;
+    bool joined = true;
+    if (strcmp(ch.service, name) != 0) {
+        sonar_request_respond_error(req, 400, "change of %s announced on the subject of %s",
+                                    ch.service, name);
+        goto out;
+    }
+    if (ch.change_id == NULL) {
+        sonar_random_id(generated);
+        ch.change_id = strdup(generated);
+        if (ch.change_id == NULL) {
+            sonar_request_respond_error(req, 500, "out of memory");
+            goto out;
+        }
+    }
+    if (ch.timeout_ms <= 0)
+        ch.timeout_ms = c->cfg.default_timeout_ms;
+    /* A retry: the gather still running, else the stored report, else a new gather. */
+    if (sonar_gatherer_join(c->gatherer, ch.change_id, &ga) != SONAR_OK) {
+        s = sonar_store_get_report(c->store, ch.change_id, &report);
+        if (s == SONAR_OK) {
+            sonar_request_respond(req, report, strlen(report));
+            goto out;
+        }
+        if (s != SONAR_ERR_NOT_FOUND)
+            sonar_log(SONAR_LOG_WARN, "change %s: %s", ch.change_id, sonar_last_error());
+        s = sonar_gatherer_begin(c->gatherer, &ch, &ga, &joined);
+        if (s != SONAR_OK) {
+            sonar_request_respond_error(req, sonar_reply_code(s), "change %s: %s",
+                                        ch.change_id, sonar_last_error());
+            goto out;
+        }
+    }
+    s = sonar_gather_wait(ga, &report, &verdict);
+    if (s != SONAR_OK) {
+        sonar_request_respond_error(req, 500, "change %s: %s", ch.change_id, sonar_last_error());
+    } else if (joined) {
+        sonar_request_respond(req, report, strlen(report));
+    } else {
+        /* Stored before the reply: whoever holds the report can look it up. */
+        if (sonar_store_put_report(c->store, ch.change_id, ch.service,
+                                   sonar_outcome_str(verdict), sonar_wall_ms(),
+                                   report) != SONAR_OK)
+            sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
+                      sonar_last_error());
+        sonar_request_respond(req, report, strlen(report));
+        publish_report(c, ch.service, report);
+        sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
+                  ch.version, sonar_outcome_str(verdict));
+    }
+    if (joined)
+        sonar_gatherer_release(c->gatherer, ga);
+    else
+        sonar_gatherer_finish(c->gatherer, ga);
+out:
+    free(report);
+    sonar_change_finish(&ch);
+    return SONAR_OK;
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+static sonar_status subscribe(sonar_coordinator *c, natsSubscription **sub, const char *subject,
+                              natsMsgHandler cb)
+{
+    natsStatus ns = natsConnection_Subscribe(sub, c->nc, subject, cb, c);
+    if (ns == NATS_OK)
+        ns = natsSubscription_SetPendingLimits(*sub, -1, 256 * 1024 * 1024);
+    return ns == NATS_OK ? SONAR_OK : sonar_bus_status(ns, subject);
+}
+
+static void drain(natsSubscription *sub)
+{
+    if (sub == NULL)
+        return;
+    if (natsSubscription_Drain(sub) == NATS_OK)
+        natsSubscription_WaitForDrainCompletion(sub, 5000);
+    natsSubscription_Destroy(sub);
+}
+
+static sonar_status add_endpoints(sonar_coordinator *c)
+{
+    static const struct {
+        const char *name, *subject;
+        sonar_endpoint_fn fn;
+    } eps[] = {
+        {"change", SONAR_SUBJ_CHANGE_PREFIX "*", on_change},
+        {"services", "sonar.api.services", api_services},
+        {"report", "sonar.api.report", api_report},
+        {"history", "sonar.api.history", api_history},
+        {"graph", "sonar.api.graph", api_graph},
+    };
+    sonar_status s = SONAR_OK;
+    for (size_t i = 0; s == SONAR_OK && i < sizeof eps / sizeof eps[0]; i++)
+        s = sonar_service_add_endpoint(c->svc, eps[i].name, eps[i].subject, SONARD_NAME,
+                                       eps[i].fn, c);
+    return s;
+}
+
+sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
+                                     const sonar_coordinator_config *cfg)
+{
+    sonar_coordinator *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    c->cfg = *cfg;
+    c->db_path = sonar__strdup(cfg->db_path);
+    c->version = sonar__strdup(cfg->version ? cfg->version : "0.0.0");
+    c->cfg.db_path = c->db_path;
+    c->cfg.version = c->version;
+    c->bus = bus;
+    c->nc = sonar_bus_nats(bus);
+    sonar_status s = c->db_path && c->version ? SONAR_OK
+                                              : sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    if (s == SONAR_OK)
+        s = sonar_store_open(&c->store, c->db_path);
+    if (s == SONAR_OK)
+        s = sonar_registry_create(&c->reg, SONARD_NAME);
+    if (s == SONAR_OK)
+        s = sonar_store_load(c->store, restore_service, restore_instance, c);
+    if (s == SONAR_OK)
+        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, 60 * 1000);
+    if (s == SONAR_OK) {
+        sonar_service_config sc = {
+            .name = SONARD_NAME,
+            .version = c->version,
+            .description = "sonar coordinator: gathers checks for announced changes",
+            .endpoint_workers = cfg->workers,
+        };
+        s = sonar_service_create(&c->svc, bus, &sc);
+    }
+    if (s == SONAR_OK)
+        s = add_endpoints(c);
+    if (s == SONAR_OK)
+        s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
+    if (s == SONAR_OK)
+        s = subscribe(c, &c->sub_register, SONAR_SUBJ_REGISTER_PREFIX "*", on_register);
+    if (s == SONAR_OK)
+        s = subscribe(c, &c->sub_leave, SONAR_SUBJ_LEAVE_PREFIX "*", on_leave);
+    if (s == SONAR_OK)
+        s = subscribe(c, &c->sub_report, SONAR_SUBJ_REPORT_PREFIX "*", on_report);
+    if (s == SONAR_OK)
+        s = sonar_service_start(c->svc); /* flushes our subscriptions too */
+    if (s == SONAR_OK) {
+        char *discover = NULL;
+        s = sonar_discover_encode(&discover);
+        if (s == SONAR_OK) {
+            natsStatus ns = natsConnection_PublishString(c->nc, SONAR_SUBJ_DISCOVER, discover);
+            if (ns == NATS_OK)
+                ns = natsConnection_FlushTimeout(c->nc, 5000);
+            if (ns != NATS_OK)
+                s = sonar_bus_status(ns, "publishing sonar.discover");
+        }
+        free(discover);
+    }
+    if (s != SONAR_OK) {
+        sonar_status keep = s;
+        char why[1024];
+        snprintf(why, sizeof why, "%s", sonar_last_error());
+        sonar_coordinator_stop(c);
+        return sonar__fail(keep, "%s", why);
+    }
+    sonar_log(SONAR_LOG_INFO, "sonard %s up: %zu known services, database %s", c->version,
+              sonar_registry_count(c->reg), c->db_path);
+    *out = c;
+    return SONAR_OK;
+}
+
+void sonar_coordinator_stop(sonar_coordinator *c)
+{
+    if (c == NULL)
+        return;
+    if (c->gatherer != NULL)
+        sonar_gatherer_cancel_all(c->gatherer);
+    drain(c->sub_register);
+    drain(c->sub_leave);
+    drain(c->sub_report);
+    sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
+    sonar_gatherer_destroy(c->gatherer);
+    sonar_store_close(c->store);
+    sonar_registry_destroy(c->reg);
+    free(c->db_path);
+    free(c->version);
+    free(c);
+}

@@ -1,0 +1,630 @@
+/* Scatter-gather of checks for announced changes. */
+#include "gather.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "reply.h"
+#include "sonar/bus.h"
+#include "sonar/util.h"
+
+/* ---- The tally ------------------------------------------------------------- */
+
+typedef struct answer {
+    bool answered;
+    sonar_result_msg res;
+} answer;
+
+struct sonar_tally {
+    char *change_id, *service, *version, *address;
+    int64_t started_wall, started_ms;
+    sonar_expected exp;
+    answer *live;          /* parallel to exp.live */
+    answer *down;          /* parallel to exp.down */
+    sonar_result_msg *extra; /* answers from services not in the registry */
+    size_t n_extra, cap_extra;
+    size_t answered;
+    bool reported;
+};
+
+sonar_status sonar_tally_create(sonar_tally **out, const sonar_change_msg *change,
+                                sonar_expected *expected, int64_t started_wall_ms,
+                                int64_t started_ms)
+{
+    sonar_tally *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    t->change_id = sonar__strdup(change->change_id);
+    t->service = sonar__strdup(change->service);
+    t->version = sonar__strdup(change->version ? change->version : "");
+    t->address = sonar__strdup(change->address ? change->address : "");
+    t->live = calloc(expected->n_live ? expected->n_live : 1, sizeof *t->live);
+    t->down = calloc(expected->n_down ? expected->n_down : 1, sizeof *t->down);
+    if (!t->change_id || !t->service || !t->version || !t->address || !t->live || !t->down) {
+        sonar_tally_destroy(t);
+        return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    }
+    t->exp = *expected;
+    memset(expected, 0, sizeof *expected);
+    t->started_wall = started_wall_ms;
+    t->started_ms = started_ms;
+    *out = t;
+    return SONAR_OK;
+}
+
+void sonar_tally_destroy(sonar_tally *t)
+{
+    if (t == NULL)
+        return;
+    for (size_t i = 0; t->live && i < t->exp.n_live; i++)
+        sonar_result_finish(&t->live[i].res);
+    for (size_t i = 0; t->down && i < t->exp.n_down; i++)
+        sonar_result_finish(&t->down[i].res);
+    for (size_t i = 0; i < t->n_extra; i++)
+        sonar_result_finish(&t->extra[i]);
+    free(t->live);
+    free(t->down);
+    free(t->extra);
+    sonar_expected_finish(&t->exp);
+    free(t->change_id);
+    free(t->service);
+    free(t->version);
+    free(t->address);
+    free(t);
+}
+
+static int cmp_name(const void *key, const void *elem)
+{
+    return strcmp(key, *(char *const *)elem);
+}
+
+static long index_of(char **names, size_t n, const char *name)
+{
+    char **hit = n ? bsearch(name, names, n, sizeof *names, cmp_name) : NULL;
+    return hit ? (long)(hit - names) : -1;
+}
+
+sonar_status sonar_tally_add(sonar_tally *t, sonar_result_msg *res)
+{
+    if (t->reported)
+        return sonar__fail(SONAR_ERR_STATE, "the report of change %s was already built",
+                           t->change_id);
+    if (res->change_id == NULL || strcmp(res->change_id, t->change_id) != 0)
+        return sonar__fail(SONAR_ERR_INVALID, "result is for change %s, not %s",
+                           res->change_id ? res->change_id : "(none)", t->change_id);
+    if (res->status != SONAR_PASS && res->status != SONAR_FAIL && res->status != SONAR_NONE)
+        return sonar__fail(SONAR_ERR_INVALID, "result status must be pass, fail or none");
+    answer *slot = NULL;
+    long i = index_of(t->exp.live, t->exp.n_live, res->service);
+    if (i >= 0) {
+        slot = &t->live[i];
+        if (!slot->answered)
+            t->answered++;
+    } else if ((i = index_of(t->exp.down, t->exp.n_down, res->service)) >= 0) {
+        slot = &t->down[i];
+    }
+    if (slot != NULL) {
+        if (slot->answered)
+            return SONAR_OK; /* first answer wins */
+        slot->answered = true;
+        slot->res = *res;
+        memset(res, 0, sizeof *res);
+        return SONAR_OK;
+    }
+    for (size_t k = 0; k < t->n_extra; k++)
+        if (strcmp(t->extra[k].service, res->service) == 0)
+            return SONAR_OK;
+    if (t->n_extra == t->cap_extra) {
+        if (t->cap_extra >= SONAR_MAX_LIST)
+            return sonar__fail(SONAR_ERR_LIMIT, "too many unregistered answers");
+        size_t cap = t->cap_extra ? t->cap_extra * 2 : 4;
+        sonar_result_msg *v = realloc(t->extra, cap * sizeof *v);
+        if (v == NULL)
+            return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+        t->extra = v;
+        t->cap_extra = cap;
+    }
+    t->extra[t->n_extra++] = *res;
+    memset(res, 0, sizeof *res);
+    return SONAR_OK;
+}
+
+bool sonar_tally_complete(const sonar_tally *t)
+{
+    return t->answered == t->exp.n_live;
+}
+
+size_t sonar_tally_answered(const sonar_tally *t)
+{
+    return t->answered;
+}
+
+/* Fills `e` from an answer (moving its checks) or as incomplete with `reason`. */
+static sonar_status fill_entry(sonar_report_entry *e, const char *service, answer *a,
+                               const char *reason, bool unregistered)
+{
+    e->service = strdup(service);
+    e->unregistered = unregistered;
+    if (a != NULL && a->answered) {
+        e->status = a->res.status;
+        e->duration_ms = a->res.duration_ms;
+        e->checks = a->res.checks;
+        e->n_checks = a->res.n_checks;
+        a->res.checks = NULL;
+        a->res.n_checks = 0;
+        e->reason = strdup(unregistered ? SONARD_REASON_UNREGISTERED : "");
+    } else {
+        e->status = SONAR_INCOMPLETE;
+        e->reason = strdup(reason);
+    }
+    if (e->service == NULL || e->reason == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    return SONAR_OK;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    return strcmp(((const sonar_report_entry *)a)->service,
+                  ((const sonar_report_entry *)b)->service);
+}
+
+sonar_status sonar_tally_report(sonar_tally *t, int64_t now_ms, const char *silent_reason,
+                                sonar_report_msg *out)
+{
+    if (t->reported)
+        return sonar__fail(SONAR_ERR_STATE, "the report of change %s was already built",
+                           t->change_id);
+    t->reported = true;
+    sonar_report_msg r = {0};
+    char started[40];
+    sonar_format_rfc3339(t->started_wall, started, sizeof started);
+    r.change_id = strdup(t->change_id);
+    r.service = strdup(t->service);
+    r.version = strdup(t->version);
+    r.address = strdup(t->address);
+    r.started_at = strdup(started);
+    r.duration_ms = now_ms - t->started_ms;
+    size_t n = t->exp.n_live + t->exp.n_down + t->n_extra;
+    r.results = calloc(n ? n : 1, sizeof *r.results);
+    if (!r.change_id || !r.service || !r.version || !r.address || !r.started_at || !r.results)
+        goto oom;
+    sonar_status s = SONAR_OK;
+    for (size_t i = 0; s == SONAR_OK && i < t->exp.n_live; i++) {
+        s = fill_entry(&r.results[r.n_results++], t->exp.live[i], &t->live[i],
+                       silent_reason ? silent_reason : SONARD_REASON_NO_ANSWER, false);
+    }
+    for (size_t i = 0; s == SONAR_OK && i < t->exp.n_down; i++)
+        s = fill_entry(&r.results[r.n_results++], t->exp.down[i], &t->down[i],
+                       SONARD_REASON_NOT_LIVE, false);
+    for (size_t i = 0; s == SONAR_OK && i < t->n_extra; i++) {
+        answer a = {.answered = true, .res = t->extra[i]};
+        s = fill_entry(&r.results[r.n_results++], t->extra[i].service, &a, "", true);
+        t->extra[i] = a.res;
+    }
+    if (s != SONAR_OK)
+        goto oom;
+    qsort(r.results, r.n_results, sizeof *r.results, cmp_entry);
+    r.counts.expected = (int64_t)t->exp.n_live;
+    for (size_t i = 0; i < r.n_results; i++) {
+        switch (r.results[i].status) {
+        case SONAR_PASS: r.counts.pass++; break;
+        case SONAR_FAIL: r.counts.fail++; break;
+        case SONAR_NONE: r.counts.none++; break;
+        case SONAR_INCOMPLETE: r.counts.incomplete++; break;
+        }
+    }
+    r.verdict = r.counts.fail ? SONAR_FAIL : r.counts.incomplete ? SONAR_INCOMPLETE : SONAR_PASS;
+    *out = r;
+    return SONAR_OK;
+oom:
+    sonar_report_finish(&r);
+    return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+}
+
+/* ---- The gatherer ----------------------------------------------------------- */
+
+#define BUCKETS 256
+
+struct sonar_gather {
+    sonar_gather *next;       /* bucket chain, under g->mu */
+    atomic_int refs;
+    char change_id[SONAR_NAME_MAX + 1];
+    pthread_mutex_t mu;
+    pthread_cond_t cond;      /* CLOCK_MONOTONIC */
+    sonar_tally *tally;
+    int64_t deadline_ms;
+    bool done;                /* report built */
+    bool cancelled;
+    char *report_json;
+    sonar_outcome verdict;
+    sonar_status report_status;
+};
+
+struct sonar_gatherer {
+    natsConnection *nc;
+    natsSubscription *sub;
+    sonar_registry *reg;
+    char *self;
+    pthread_mutex_t mu;
+    sonar_gather *table[BUCKETS];
+    size_t running;
+    bool closing;
+};
+
+static unsigned hash(const char *s)
+{
+    unsigned h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % BUCKETS;
+}
+
+static sonar_gather *lookup(sonar_gatherer *g, const char *change_id)
+{
+    for (sonar_gather *ga = g->table[hash(change_id)]; ga; ga = ga->next)
+        if (strcmp(ga->change_id, change_id) == 0)
+            return ga;
+    return NULL;
+}
+
+static void gather_unref(sonar_gather *ga)
+{
+    if (atomic_fetch_sub(&ga->refs, 1) != 1)
+        return;
+    sonar_tally_destroy(ga->tally);
+    free(ga->report_json);
+    pthread_mutex_destroy(&ga->mu);
+    pthread_cond_destroy(&ga->cond);
+    free(ga);
+}
+
+int64_t sonar_gather_check_timeout(int64_t timeout_ms)
+{
+    int64_t margin = timeout_ms / 10;
+    if (margin > 1000)
+        margin = 1000;
+    return timeout_ms - margin > 0 ? timeout_ms - margin : 1;
+}
+
+/* "sonar.result.<change_id>.<responder>" -> the two tokens (in `buf`). */
+static bool split_result_subject(const char *subject, char *buf, size_t buflen,
+                                 const char **cid, const char **who)
+{
+    size_t plen = strlen(SONAR_SUBJ_RESULT_PREFIX);
+    if (strncmp(subject, SONAR_SUBJ_RESULT_PREFIX, plen) != 0 ||
+        strlen(subject + plen) >= buflen)
+        return false;
+    strcpy(buf, subject + plen);
+    char *dot = strchr(buf, '.');
+    if (dot == NULL)
+        return false;
+    *dot = '\0';
+    *cid = buf;
+    *who = dot + 1;
+    return true;
+}
+
+static void on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    sonar_gatherer *g = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    char buf[2 * SONAR_NAME_MAX + 2];
+    const char *cid = NULL, *who = NULL;
+    if (!split_result_subject(natsMsg_GetSubject(msg), buf, sizeof buf, &cid, &who)) {
+        sonar_reply_error(nc, reply, 400, "bad result subject %.200s", natsMsg_GetSubject(msg));
+        goto out;
+    }
+    pthread_mutex_lock(&g->mu);
+    sonar_gather *ga = lookup(g, cid);
+    if (ga != NULL)
+        atomic_fetch_add(&ga->refs, 1);
+    pthread_mutex_unlock(&g->mu);
+    if (ga == NULL && (reply == NULL || *reply == '\0'))
+        goto out; /* another coordinator's change, or a late answer: not ours */
+    sonar_result_msg res = {0};
+    sonar_status s = sonar_result_decode(&res, natsMsg_GetData(msg),
+                                         (size_t)natsMsg_GetDataLength(msg));
+    if (s == SONAR_OK && (strcmp(res.change_id, cid) != 0 || strcmp(res.service, who) != 0))
+        s = sonar__fail(SONAR_ERR_PROTOCOL,
+                        "result body (change %s from %s) does not match its subject",
+                        res.change_id, res.service);
+    if (s != SONAR_OK) {
+        sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid result: %s",
+                          sonar_last_error());
+    } else if (ga != NULL && (g->self == NULL || strcmp(res.service, g->self) != 0)) {
+        pthread_mutex_lock(&ga->mu);
+        if (!ga->done) {
+            s = sonar_tally_add(ga->tally, &res);
+            if (s == SONAR_OK && sonar_tally_complete(ga->tally))
+                pthread_cond_broadcast(&ga->cond);
+        }
+        pthread_mutex_unlock(&ga->mu);
+        if (s != SONAR_OK)
+            sonar_reply_error(nc, reply, sonar_reply_code(s), "result refused: %s",
+                              sonar_last_error());
+    }
+    sonar_result_finish(&res);
+    if (ga != NULL)
+        gather_unref(ga);
+out:
+    natsMsg_Destroy(msg);
+}
+
+sonar_status sonar_gatherer_create(sonar_gatherer **out, natsConnection *nc,
+                                   sonar_registry *reg, const char *self_name)
+{
+    sonar_gatherer *g = calloc(1, sizeof *g);
+    if (g == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    g->nc = nc;
+    g->reg = reg;
+    pthread_mutex_init(&g->mu, NULL);
+    if (self_name != NULL && (g->self = strdup(self_name)) == NULL) {
+        sonar_gatherer_destroy(g);
+        return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    }
+    natsStatus ns = natsConnection_Subscribe(&g->sub, nc, SONAR_SUBJ_RESULT_PREFIX "*.*",
+                                             on_result, g);
+    /* Hundreds of services answer at once: no message limit, 256 MiB. */
+    if (ns == NATS_OK)
+        ns = natsSubscription_SetPendingLimits(g->sub, -1, 256 * 1024 * 1024);
+    if (ns == NATS_OK)
+        ns = natsConnection_FlushTimeout(nc, 5000);
+    if (ns != NATS_OK) {
+        sonar_status s = sonar_bus_status(ns, "subscribing to sonar.result.*.*");
+        sonar_gatherer_destroy(g);
+        return s;
+    }
+    *out = g;
+    return SONAR_OK;
+}
+
+void sonar_gatherer_destroy(sonar_gatherer *g)
+{
+    if (g == NULL)
+        return;
+    if (g->sub != NULL) {
+        /* Drain: once complete, the callback is not running any more. */
+        if (natsSubscription_Drain(g->sub) == NATS_OK)
+            natsSubscription_WaitForDrainCompletion(g->sub, 5000);
+        natsSubscription_Destroy(g->sub);
+    }
+    pthread_mutex_lock(&g->mu);
+    for (size_t b = 0; b < BUCKETS; b++) {
+        while (g->table[b] != NULL) {
+            sonar_gather *ga = g->table[b];
+            g->table[b] = ga->next;
+            gather_unref(ga);
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    free(g->self);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+void sonar_gatherer_cancel_all(sonar_gatherer *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->closing = true;
+    for (size_t b = 0; b < BUCKETS; b++) {
+        for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
+            pthread_mutex_lock(&ga->mu);
+            ga->cancelled = true;
+            pthread_cond_broadcast(&ga->cond);
+            pthread_mutex_unlock(&ga->mu);
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+size_t sonar_gatherer_running(sonar_gatherer *g)
+{
+    pthread_mutex_lock(&g->mu);
+    size_t n = g->running;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+static sonar_status gather_new(sonar_gather **out, sonar_gatherer *g,
+                               const sonar_change_msg *change)
+{
+    sonar_gather *ga = calloc(1, sizeof *ga);
+    if (ga == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    atomic_init(&ga->refs, 2); /* the table's and the starter's */
+    snprintf(ga->change_id, sizeof ga->change_id, "%s", change->change_id);
+    pthread_mutex_init(&ga->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ga->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    int64_t now = sonar_now_ms();
+    ga->deadline_ms = now + change->timeout_ms;
+    sonar_expected exp = {0};
+    sonar_status s = sonar_registry_expected(g->reg, change->service, now, &exp);
+    if (s == SONAR_OK)
+        s = sonar_tally_create(&ga->tally, change, &exp, sonar_wall_ms(), now);
+    sonar_expected_finish(&exp);
+    if (s != SONAR_OK) {
+        atomic_init(&ga->refs, 1);
+        gather_unref(ga);
+        return s;
+    }
+    *out = ga;
+    return SONAR_OK;
+}
+
+/* {"type":"sonar.gather.v1","change_id","service","expected":[...],"timeout_ms"} */
+static char *gather_announcement(const sonar_change_msg *change, const sonar_tally *t)
+{
+    json_t *expected = json_array();
+    for (size_t i = 0; expected && i < t->exp.n_live; i++)
+        json_array_append_new(expected, json_string(t->exp.live[i]));
+    json_t *doc = json_pack("{s:s, s:s, s:s, s:o, s:I}", "type", "sonar.gather.v1",
+                            "change_id", change->change_id, "service", change->service,
+                            "expected", expected, "timeout_ms", (json_int_t)change->timeout_ms);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    return text;
+}
+
+static sonar_status scatter(sonar_gatherer *g, const sonar_change_msg *change,
+                            const sonar_tally *t)
+{
+    sonar_check_msg check = *change;
+    check.timeout_ms = sonar_gather_check_timeout(change->timeout_ms);
+    char *body = NULL, *subject = NULL, *gsubject = NULL;
+    char *announce = NULL;
+    sonar_status s = sonar_check_encode(&check, &body);
+    if (s == SONAR_OK)
+        s = sonar_subject(&subject, SONAR_SUBJ_CHECK_PREFIX, change->service, NULL);
+    if (s == SONAR_OK)
+        s = sonar_subject(&gsubject, "sonar.gather.", change->change_id, NULL);
+    if (s == SONAR_OK && (announce = gather_announcement(change, t)) == NULL)
+        s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    if (s == SONAR_OK) {
+        natsStatus ns = natsConnection_PublishString(g->nc, subject, body);
+        if (ns == NATS_OK)
+            ns = natsConnection_PublishString(g->nc, gsubject, announce);
+        if (ns != NATS_OK)
+            s = sonar_bus_status(ns, "publishing the check request");
+    }
+    free(body);
+    free(subject);
+    free(gsubject);
+    free(announce);
+    return s;
+}
+
+sonar_status sonar_gatherer_join(sonar_gatherer *g, const char *change_id, sonar_gather **out)
+{
+    pthread_mutex_lock(&g->mu);
+    sonar_gather *ga = lookup(g, change_id);
+    if (ga != NULL)
+        atomic_fetch_add(&ga->refs, 1);
+    pthread_mutex_unlock(&g->mu);
+    if (ga == NULL)
+        return sonar__fail(SONAR_ERR_NOT_FOUND, "no gather of change %s is running", change_id);
+    *out = ga;
+    return SONAR_OK;
+}
+
+sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *change,
+                                  sonar_gather **out, bool *out_joined)
+{
+    if (!sonar_name_valid(change->change_id) || !sonar_name_valid(change->service) ||
+        change->timeout_ms <= 0)
+        return sonar__fail(SONAR_ERR_INVALID, "a gather needs a change id, a service and a timeout");
+    pthread_mutex_lock(&g->mu);
+    if (g->closing) {
+        pthread_mutex_unlock(&g->mu);
+        return sonar__fail(SONAR_ERR_STATE, "the coordinator is shutting down");
+    }
+    sonar_gather *ga = lookup(g, change->change_id);
+    if (ga != NULL) {
+        atomic_fetch_add(&ga->refs, 1);
+        pthread_mutex_unlock(&g->mu);
+        *out = ga;
+        *out_joined = true;
+        return SONAR_OK;
+    }
+    sonar_status s = gather_new(&ga, g, change);
+    if (s == SONAR_OK) {
+        unsigned b = hash(ga->change_id);
+        ga->next = g->table[b];
+        g->table[b] = ga;
+        g->running++;
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (s != SONAR_OK)
+        return s;
+    /* The result subscription exists since create: no answer can be missed. */
+    s = scatter(g, change, ga->tally);
+    if (s != SONAR_OK) {
+        sonar_gatherer_finish(g, ga);
+        return s;
+    }
+    *out = ga;
+    *out_joined = false;
+    return SONAR_OK;
+}
+
+static void build_report(sonar_gather *ga)
+{
+    sonar_report_msg r = {0};
+    const char *why = ga->cancelled && !sonar_tally_complete(ga->tally) &&
+                              sonar_now_ms() < ga->deadline_ms
+                          ? SONARD_REASON_SHUTDOWN
+                          : NULL;
+    sonar_status s = sonar_tally_report(ga->tally, sonar_now_ms(), why, &r);
+    if (s == SONAR_OK)
+        s = sonar_report_encode(&r, &ga->report_json);
+    ga->verdict = r.verdict;
+    ga->report_status = s;
+    if (s != SONAR_OK)
+        sonar_log(SONAR_LOG_ERROR, "gather %s: building the report: %s", ga->change_id,
+                  sonar_last_error());
+    sonar_report_finish(&r);
+    ga->done = true;
+    pthread_cond_broadcast(&ga->cond);
+}
+
+sonar_status sonar_gather_wait(sonar_gather *ga, char **out_json, sonar_outcome *out_verdict)
+{
+    pthread_mutex_lock(&ga->mu);
+    while (!ga->done && !ga->cancelled && !sonar_tally_complete(ga->tally) &&
+           sonar_now_ms() < ga->deadline_ms) {
+        struct timespec ts = {.tv_sec = ga->deadline_ms / 1000,
+                              .tv_nsec = (ga->deadline_ms % 1000) * 1000000};
+        pthread_cond_timedwait(&ga->cond, &ga->mu, &ts);
+    }
+    if (!ga->done)
+        build_report(ga);
+    sonar_status s = ga->report_status;
+    char *copy = NULL;
+    if (s == SONAR_OK && (copy = strdup(ga->report_json)) == NULL)
+        s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+    else if (s != SONAR_OK)
+        s = sonar__fail(s, "the report of change %s could not be built", ga->change_id);
+    sonar_outcome verdict = ga->verdict;
+    pthread_mutex_unlock(&ga->mu);
+    if (s != SONAR_OK)
+        return s;
+    *out_json = copy;
+    if (out_verdict != NULL)
+        *out_verdict = verdict;
+    return SONAR_OK;
+}
+
+void sonar_gatherer_finish(sonar_gatherer *g, sonar_gather *ga)
+{
+    if (ga == NULL)
+        return;
+    pthread_mutex_lock(&g->mu);
+    sonar_gather **pp = &g->table[hash(ga->change_id)];
+    while (*pp != NULL && *pp != ga)
+        pp = &(*pp)->next;
+    bool in_table = *pp == ga;
+    if (in_table) {
+        *pp = ga->next;
+        g->running--;
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (in_table)
+        gather_unref(ga);
+    gather_unref(ga);
+}
+
+void sonar_gatherer_release(sonar_gatherer *g, sonar_gather *ga)
+{
+    (void)g;
+    if (ga != NULL)
+        gather_unref(ga);
+}

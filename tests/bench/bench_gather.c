@@ -1,0 +1,336 @@
+/*
+ * Benchmark: announce -> report latency through sonard against a raw nats.c
+ * scatter-gather over the same responder connections, in the same run; and
+ * sonard's resident memory with 1000 registered services.
+ *
+ *   meson test -C build --benchmark --suite bench -v      (or run the binary:
+ *   SONARD_BIN=build/services/coordinator/sonard build/tests/bench/bench_gather [sizes...])
+ *
+ * Each responder is its own NATS connection (global message delivery, so
+ * 500 connections do not mean 500 delivery threads). It registers as a
+ * service, answers `sonar.check.*` in a queue group named after itself:
+ * the first three answer `pass` with one check, the rest `none`.
+ * The raw baseline publishes the same check request itself and waits for
+ * the N answers on `sonar.result.<id>.*`; the sonard path sends
+ * `sonar.change.bench` and waits for the report. Iterations alternate.
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <nats/nats.h>
+
+#include "natsd.h"
+
+#define MAX_RESPONDERS 500
+#define PASSING 3
+
+typedef struct responder {
+    natsConnection *nc;
+    natsSubscription *sub;
+    char name[32];
+    bool pass;
+} responder;
+
+static test_natsd nd;
+static char dir[256];
+static responder resp[MAX_RESPONDERS];
+static int n_resp;
+static natsConnection *client;
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_gather: %s\n", what);
+    exit(1);
+}
+
+static void on_check(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    responder *r = closure;
+    json_t *doc = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    const char *cid = json_string_value(json_object_get(doc, "change_id"));
+    if (cid != NULL) {
+        char subject[160], body[512];
+        snprintf(subject, sizeof subject, "sonar.result.%s.%s", cid, r->name);
+        if (r->pass)
+            snprintf(body, sizeof body,
+                     "{\"type\":\"sonar.result.v1\",\"change_id\":\"%s\",\"service\":\"%s\","
+                     "\"instance\":\"i1\",\"status\":\"pass\",\"duration_ms\":0,\"checks\":"
+                     "[{\"name\":\"probe\",\"status\":\"pass\",\"duration_ms\":0,"
+                     "\"message\":\"ok\"}]}", cid, r->name);
+        else
+            snprintf(body, sizeof body,
+                     "{\"type\":\"sonar.result.v1\",\"change_id\":\"%s\",\"service\":\"%s\","
+                     "\"instance\":\"i1\",\"status\":\"none\",\"duration_ms\":0,\"checks\":[]}",
+                     cid, r->name);
+        natsConnection_PublishString(nc, subject, body);
+    }
+    json_decref(doc);
+    natsMsg_Destroy(msg);
+}
+
+static natsConnection *connect_one(bool global_delivery)
+{
+    natsOptions *o;
+    natsConnection *nc = NULL;
+    natsOptions_Create(&o);
+    natsOptions_SetURL(o, nd.url);
+    natsOptions_SetSendAsap(o, true);
+    natsOptions_UseGlobalMessageDelivery(o, global_delivery);
+    natsOptions_SetMaxPendingMsgs(o, 1000000);
+    if (natsConnection_Connect(&nc, o) != NATS_OK)
+        die("cannot connect");
+    natsOptions_Destroy(o);
+    return nc;
+}
+
+static void register_responder(responder *r)
+{
+    char subject[64], body[512];
+    snprintf(subject, sizeof subject, "sonar.register.%s", r->name);
+    snprintf(body, sizeof body,
+             "{\"type\":\"sonar.register.v1\",\"service\":\"%s\",\"instance\":\"i1\","
+             "\"version\":\"1.0.0\",\"address\":\"\",\"depends_on\":[%s],\"checks\":{%s},"
+             "\"heartbeat_ms\":3600000}", r->name, r->pass ? "\"bench\"" : "",
+             r->pass ? "\"bench\":[\"probe\"]" : "");
+    natsConnection_PublishString(r->nc, subject, body);
+}
+
+static void grow_to(int n)
+{
+    for (; n_resp < n; n_resp++) {
+        responder *r = &resp[n_resp];
+        snprintf(r->name, sizeof r->name, "svc%03d", n_resp);
+        r->pass = n_resp < PASSING;
+        r->nc = connect_one(true);
+        if (natsConnection_QueueSubscribe(&r->sub, r->nc, "sonar.check.*", r->name, on_check, r) !=
+            NATS_OK)
+            die("subscribe");
+        natsConnection_Flush(r->nc);
+        register_responder(r);
+    }
+    for (int i = 0; i < n_resp; i++)
+        natsConnection_Flush(resp[i].nc);
+}
+
+static int live_services(void)
+{
+    natsMsg *m = NULL;
+    if (natsConnection_RequestString(&m, client, "sonar.api.services", "", 5000) != NATS_OK)
+        return -1;
+    json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    int live = 0;
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(doc, "services"), i, s)
+        live += json_is_true(json_object_get(s, "live"));
+    json_decref(doc);
+    natsMsg_Destroy(m);
+    return live;
+}
+
+/* ---- raw scatter-gather ---------------------------------------------------- */
+
+typedef struct gather {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int got;
+} gather;
+
+static void on_raw_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    gather *g = closure;
+    const char *subject = natsMsg_GetSubject(msg);
+    size_t len = strlen(subject);
+    /* sonard's own libsonar identity answers `none` too: not one of ours. */
+    if (len < 7 || strcmp(subject + len - 7, ".sonard") != 0) {
+        pthread_mutex_lock(&g->mu);
+        g->got++;
+        pthread_cond_signal(&g->cond);
+        pthread_mutex_unlock(&g->mu);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static int64_t raw_once(int n, int iter)
+{
+    gather g = {.got = 0};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cond, NULL);
+    char cid[48], subject[96], body[512];
+    snprintf(cid, sizeof cid, "raw-%d-%d", n, iter);
+    snprintf(subject, sizeof subject, "sonar.result.%s.*", cid);
+    snprintf(body, sizeof body,
+             "{\"type\":\"sonar.check.v1\",\"change_id\":\"%s\",\"service\":\"bench\","
+             "\"version\":\"2.0.0\",\"address\":\"http://h:1\",\"timeout_ms\":9000}", cid);
+    int64_t ns0;
+    struct timespec ts;
+    natsSubscription *sub;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ns0 = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    if (natsConnection_Subscribe(&sub, client, subject, on_raw_result, &g) != NATS_OK)
+        die("raw subscribe");
+    natsSubscription_SetPendingLimits(sub, -1, -1);
+    natsConnection_PublishString(client, "sonar.check.bench", body);
+    pthread_mutex_lock(&g.mu);
+    while (g.got < n)
+        pthread_cond_wait(&g.cond, &g.mu);
+    pthread_mutex_unlock(&g.mu);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t took = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - ns0;
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    pthread_mutex_destroy(&g.mu);
+    pthread_cond_destroy(&g.cond);
+    return took;
+}
+
+static int64_t sonard_once(int n, int iter)
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"type\":\"sonar.change.v1\",\"change_id\":\"co-%d-%d\",\"service\":\"bench\","
+             "\"version\":\"2.0.0\",\"address\":\"http://h:1\",\"timeout_ms\":10000}", n, iter);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns0 = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    natsMsg *m = NULL;
+    if (natsConnection_RequestString(&m, client, "sonar.change.bench", body, 20000) != NATS_OK)
+        die("announce: no reply");
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t took = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - ns0;
+    json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    json_t *counts = json_object_get(doc, "counts");
+    const char *verdict = json_string_value(json_object_get(doc, "verdict"));
+    if (json_integer_value(json_object_get(counts, "expected")) != n ||
+        json_integer_value(json_object_get(counts, "pass")) != PASSING ||
+        verdict == NULL || strcmp(verdict, "pass") != 0) {
+        fprintf(stderr, "unexpected report: %.*s\n", natsMsg_GetDataLength(m), natsMsg_GetData(m));
+        die("report does not match the responders");
+    }
+    json_decref(doc);
+    natsMsg_Destroy(m);
+    return took;
+}
+
+static int cmp64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(int64_t *v, int n, double p)
+{
+    int i = (int)(p * (n - 1) + 0.5);
+    return (double)v[i] / 1e6;
+}
+
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kib = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+int main(int argc, char **argv)
+{
+    int sizes[8] = {10, 100, 500};
+    int n_sizes = 3;
+    if (argc > 1) {
+        n_sizes = 0;
+        for (int i = 1; i < argc && n_sizes < 8; i++)
+            sizes[n_sizes++] = atoi(argv[i]);
+    }
+    const char *bin = getenv("SONARD_BIN");
+    if (bin == NULL)
+        die("set SONARD_BIN");
+    if (!test_natsd_start(&nd) || !test_mkdtemp(dir, sizeof dir, "bench"))
+        die("cannot start nats-server");
+    char db[400], log[400];
+    snprintf(db, sizeof db, "%s/sonard.db", dir);
+    snprintf(log, sizeof log, "%s/sonard.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(bin, bin, "--server", nd.url, "--db", db, (char *)NULL);
+        _exit(127);
+    }
+    client = connect_one(false);
+    if (!TEST_WAIT_UNTIL(live_services() >= 0, 10000))
+        die("sonard does not answer");
+    long rss_idle = rss_kib(pid);
+
+    printf("%-6s %10s %10s %10s %10s %8s %8s\n", "N", "raw p50", "raw p99", "sonard p50",
+           "sonard p99", "p50 x", "p99 x");
+    for (int s = 0; s < n_sizes; s++) {
+        int n = sizes[s] > MAX_RESPONDERS ? MAX_RESPONDERS : sizes[s];
+        grow_to(n);
+        if (!TEST_WAIT_UNTIL(live_services() == n, 30000))
+            die("sonard does not see every responder");
+        int iters = n <= 10 ? 300 : n <= 100 ? 150 : 60;
+        int64_t *raw = calloc((size_t)iters, sizeof *raw);
+        int64_t *co = calloc((size_t)iters, sizeof *co);
+        for (int w = 0; w < 5; w++) {
+            raw_once(n, -1 - w);
+            sonard_once(n, -1 - w);
+        }
+        for (int i = 0; i < iters; i++) {
+            raw[i] = raw_once(n, i);
+            co[i] = sonard_once(n, i);
+        }
+        qsort(raw, (size_t)iters, sizeof *raw, cmp64);
+        qsort(co, (size_t)iters, sizeof *co, cmp64);
+        double r50 = pct(raw, iters, 0.5), r99 = pct(raw, iters, 0.99);
+        double c50 = pct(co, iters, 0.5), c99 = pct(co, iters, 0.99);
+        printf("%-6d %8.3fms %8.3fms %8.3fms %8.3fms %7.2fx %7.2fx\n", n, r50, r99, c50, c99,
+               c50 / r50, c99 / r99);
+        fflush(stdout);
+        free(raw);
+        free(co);
+    }
+
+    /* Memory: 1000 registered services. */
+    for (int i = 0; i < 1000; i++) {
+        char subject[64], body[512];
+        snprintf(subject, sizeof subject, "sonar.register.mem%04d", i);
+        snprintf(body, sizeof body,
+                 "{\"type\":\"sonar.register.v1\",\"service\":\"mem%04d\",\"instance\":\"i1\","
+                 "\"version\":\"1.0.0\",\"address\":\"http://10.0.0.1:8080\",\"depends_on\":"
+                 "[\"bench\"],\"checks\":{\"bench\":[\"probe\"]},\"heartbeat_ms\":3600000}", i);
+        natsConnection_PublishString(client, subject, body);
+    }
+    natsConnection_Flush(client);
+    if (!TEST_WAIT_UNTIL(live_services() >= 1000, 30000))
+        die("sonard does not see 1000 services");
+    printf("sonard RSS: %ld KiB idle, %ld KiB with %d registered services\n", rss_idle,
+           rss_kib(pid), live_services());
+
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    for (int i = 0; i < n_resp; i++) {
+        natsSubscription_Destroy(resp[i].sub);
+        natsConnection_Destroy(resp[i].nc);
+    }
+    natsConnection_Destroy(client);
+    test_natsd_destroy(&nd);
+    test_rmtree(dir);
+    return 0;
+}

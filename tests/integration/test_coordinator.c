@@ -1,0 +1,601 @@
+/*
+ * sonard end to end: a real nats-server, the real sonard binary, and real
+ * services (tests/integration/fake_service.c, built on libsonar).
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <nats/nats.h>
+
+#include "natsd.h"
+
+#define MAX_PIDS 32
+
+static test_natsd nd;
+static char dir[256];
+static natsConnection *nc;
+static pid_t pids[MAX_PIDS];
+static int n_pids;
+static pid_t sonard_pid;
+
+static pid_t spawn(const char *log_name, char *const argv[])
+{
+    char log[400];
+    snprintf(log, sizeof log, "%s/%s.log", dir, log_name);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    cr_assert_lt(n_pids, MAX_PIDS);
+    pids[n_pids++] = pid;
+    return pid;
+}
+
+/* Sends `sig` and reaps the process. */
+static void stop_pid(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    if (sig == SIGSTOP)
+        return;
+    int status;
+    waitpid(pid, &status, 0);
+    for (int i = 0; i < n_pids; i++)
+        if (pids[i] == pid)
+            pids[i] = 0;
+}
+
+/* Request/reply; returns the parsed body (new) or NULL on timeout. *out_msg keeps the message. */
+static json_t *request_raw(const char *subject, const char *body, size_t len, int64_t timeout_ms,
+                           natsMsg **out_msg)
+{
+    natsMsg *reply = NULL;
+    natsStatus s = natsConnection_Request(&reply, nc, subject, body, (int)len, timeout_ms);
+    if (s != NATS_OK)
+        return NULL;
+    json_t *doc = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    if (out_msg != NULL)
+        *out_msg = reply;
+    else
+        natsMsg_Destroy(reply);
+    return doc;
+}
+
+static json_t *request(const char *subject, const char *body, int64_t timeout_ms)
+{
+    return request_raw(subject, body, strlen(body), timeout_ms, NULL);
+}
+
+static bool sonard_answers(void)
+{
+    json_t *doc = request("sonar.api.services", "", 200);
+    bool ok = doc != NULL;
+    json_decref(doc);
+    return ok;
+}
+
+static pid_t start_sonard(const char *db_name)
+{
+    char db[400];
+    snprintf(db, sizeof db, "%s/%s", dir, db_name);
+    char *argv[] = {(char *)test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
+                    "--default-timeout", "5s", NULL};
+    pid_t pid = spawn(db_name, argv);
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000), "sonard does not answer");
+    return pid;
+}
+
+static pid_t start_service(const char *name, const char *dep, const char *check,
+                           const char *message, const char *heartbeat)
+{
+    char *argv[16];
+    int n = 0;
+    argv[n++] = (char *)test_bin("SONAR_FAKE_SERVICE_BIN");
+    argv[n++] = "--server";
+    argv[n++] = nd.url;
+    argv[n++] = "--name";
+    argv[n++] = (char *)name;
+    if (dep) {
+        argv[n++] = "--depends";
+        argv[n++] = (char *)dep;
+    }
+    if (check) {
+        argv[n++] = "--check";
+        argv[n++] = (char *)check;
+    }
+    if (message) {
+        argv[n++] = "--message";
+        argv[n++] = (char *)message;
+    }
+    if (heartbeat) {
+        argv[n++] = "--heartbeat";
+        argv[n++] = (char *)heartbeat;
+    }
+    argv[n] = NULL;
+    return spawn(name, argv);
+}
+
+/* The services document's entry for `name`, or NULL (borrowed from *doc). */
+static json_t *service_entry(json_t *doc, const char *name)
+{
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(doc, "services"), i, s) {
+        if (strcmp(json_string_value(json_object_get(s, "service")), name) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static bool is_live(const char *name)
+{
+    json_t *doc = request("sonar.api.services", "", 1000);
+    json_t *s = doc ? service_entry(doc, name) : NULL;
+    bool live = s && json_is_true(json_object_get(s, "live"));
+    json_decref(doc);
+    return live;
+}
+
+static bool all_live(const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!is_live(names[i]))
+            return false;
+    return true;
+}
+
+static json_t *announce(const char *service, const char *change_id, int64_t timeout_ms)
+{
+    json_t *body = json_pack("{s:s, s:s, s:s, s:s}", "type", "sonar.change.v1", "service",
+                             service, "version", "2.0.0", "address", "http://127.0.0.1:9");
+    if (change_id)
+        json_object_set_new(body, "change_id", json_string(change_id));
+    if (timeout_ms)
+        json_object_set_new(body, "timeout_ms", json_integer(timeout_ms));
+    char *text = json_dumps(body, JSON_COMPACT);
+    char subject[128];
+    snprintf(subject, sizeof subject, "sonar.change.%s", service);
+    json_t *report = request(subject, text, (timeout_ms ? timeout_ms : 5000) + 5000);
+    free(text);
+    json_decref(body);
+    cr_assert_not_null(report, "no reply to the announcement of %s", service);
+    return report;
+}
+
+static json_t *result_of(json_t *report, const char *service)
+{
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(report, "results"), i, r) {
+        if (strcmp(json_string_value(json_object_get(r, "service")), service) == 0)
+            return r;
+    }
+    cr_assert_fail("no result for %s in the report", service);
+    return NULL;
+}
+
+static const char *str(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "";
+}
+
+static json_int_t count(json_t *report, const char *k)
+{
+    return json_integer_value(json_object_get(json_object_get(report, "counts"), k));
+}
+
+static void setup(void)
+{
+    cr_assert(test_natsd_start(&nd));
+    cr_assert(test_mkdtemp(dir, sizeof dir, "coord"));
+    natsOptions *o;
+    cr_assert_eq(natsOptions_Create(&o), NATS_OK);
+    natsOptions_SetURL(o, nd.url);
+    natsOptions_SetSendAsap(o, true);
+    cr_assert_eq(natsConnection_Connect(&nc, o), NATS_OK);
+    natsOptions_Destroy(o);
+    n_pids = 0;
+    sonard_pid = start_sonard("sonard.db");
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < n_pids; i++) {
+        if (pids[i] > 0) {
+            kill(pids[i], SIGCONT);
+            kill(pids[i], SIGKILL);
+            waitpid(pids[i], NULL, 0);
+        }
+    }
+    natsConnection_Destroy(nc);
+    nats_Close();
+    test_natsd_destroy(&nd);
+    test_rmtree(dir);
+}
+
+TestSuite(coordinator, .init = setup, .fini = teardown, .timeout = 90);
+
+Test(coordinator, five_services_two_dependents_report_checks_and_none)
+{
+    const char *names[] = {"alpha", "beta", "gamma", "delta", "epsilon"};
+    start_service("alpha", "chillybin", "pass", "pick ok", NULL);
+    start_service("beta", "chillybin", "pass", "list ok", NULL);
+    start_service("gamma", NULL, NULL, NULL, NULL);
+    start_service("delta", "other", NULL, NULL, NULL);
+    start_service("epsilon", NULL, NULL, NULL, NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 5), 10000));
+    /* A long deadline: everyone answers, so the report comes long before it. */
+    json_t *r = announce("chillybin", "chg-1", 30000);
+    cr_assert_str_eq(str(r, "type"), "sonar.report.v1");
+    cr_assert_str_eq(str(r, "change_id"), "chg-1");
+    cr_assert_str_eq(str(r, "verdict"), "pass");
+    cr_assert_eq(count(r, "expected"), 5);
+    cr_assert_eq(count(r, "pass"), 2);
+    cr_assert_eq(count(r, "none"), 3);
+    cr_assert_eq(count(r, "fail") + count(r, "incomplete"), 0);
+    json_t *a = result_of(r, "alpha");
+    cr_assert_str_eq(str(a, "status"), "pass");
+    json_t *chk = json_array_get(json_object_get(a, "checks"), 0);
+    cr_assert_str_eq(str(chk, "name"), "probe");
+    cr_assert_str_eq(str(chk, "message"), "pick ok");
+    cr_assert_str_eq(str(result_of(r, "delta"), "status"), "none");
+    cr_assert_lt(json_integer_value(json_object_get(r, "duration_ms")), 15000,
+                 "returned as soon as everyone answered, not at the 30 s deadline");
+    json_decref(r);
+}
+
+Test(coordinator, a_failing_check_fails_the_verdict_with_its_message)
+{
+    const char *names[] = {"alpha", "beta"};
+    start_service("alpha", "chillybin", "fail", "GET /pick?name=cheese -> 404, expected 200", NULL);
+    start_service("beta", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    json_t *r = announce("chillybin", NULL, 5000);
+    cr_assert_str_eq(str(r, "verdict"), "fail");
+    cr_assert_eq(count(r, "fail"), 1);
+    cr_assert_eq(strlen(str(r, "change_id")), 22, "a change id was generated");
+    json_t *chk = json_array_get(json_object_get(result_of(r, "alpha"), "checks"), 0);
+    cr_assert_str_eq(str(chk, "message"), "GET /pick?name=cheese -> 404, expected 200");
+    json_decref(r);
+}
+
+Test(coordinator, a_frozen_service_is_incomplete_with_no_answer)
+{
+    const char *names[] = {"alpha", "frozen"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    pid_t frozen = start_service("frozen", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    stop_pid(frozen, SIGSTOP);
+    json_t *r = announce("chillybin", "chg-frozen", 1500);
+    kill(frozen, SIGCONT);
+    cr_assert_str_eq(str(r, "verdict"), "incomplete");
+    json_t *f = result_of(r, "frozen");
+    cr_assert_str_eq(str(f, "status"), "incomplete");
+    cr_assert(strstr(str(f, "reason"), "no answer") != NULL, "%s", str(f, "reason"));
+    cr_assert_str_eq(str(result_of(r, "alpha"), "status"), "pass");
+    cr_assert_geq(json_integer_value(json_object_get(r, "duration_ms")), 1400);
+    json_decref(r);
+}
+
+Test(coordinator, a_dependent_whose_instances_left_is_incomplete_with_no_live_instance)
+{
+    const char *names[] = {"alpha", "beta"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    pid_t beta = start_service("beta", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    stop_pid(beta, SIGTERM); /* graceful: leaves the bus */
+    cr_assert(TEST_WAIT_UNTIL(!is_live("beta"), 5000));
+    json_t *r = announce("chillybin", "chg-down", 5000);
+    cr_assert_str_eq(str(r, "verdict"), "incomplete");
+    json_t *b = result_of(r, "beta");
+    cr_assert_str_eq(str(b, "status"), "incomplete");
+    cr_assert(strstr(str(b, "reason"), "no live instance") != NULL, "%s", str(b, "reason"));
+    cr_assert_eq(count(r, "expected"), 1);
+    cr_assert_lt(json_integer_value(json_object_get(r, "duration_ms")), 4000);
+    json_decref(r);
+}
+
+Test(coordinator, announcing_a_change_id_again_returns_the_same_report)
+{
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    json_t *first = announce("chillybin", "chg-again", 5000);
+    json_t *second = announce("chillybin", "chg-again", 5000);
+    cr_assert(json_equal(first, second), "the stored report is returned");
+    json_t *stored = request("sonar.api.report", "{\"change_id\":\"chg-again\"}", 2000);
+    cr_assert(json_equal(first, stored));
+    json_t *hist = request("sonar.api.history", "{\"service\":\"chillybin\",\"limit\":5}", 2000);
+    cr_assert_str_eq(str(hist, "type"), "sonar.history.v1");
+    cr_assert_eq(json_array_size(json_object_get(hist, "reports")), 1);
+    json_decref(first);
+    json_decref(second);
+    json_decref(stored);
+    json_decref(hist);
+}
+
+Test(coordinator, a_retry_during_the_gather_joins_it)
+{
+    const char *names[] = {"alpha", "frozen"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    pid_t frozen = start_service("frozen", NULL, NULL, NULL, NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    stop_pid(frozen, SIGSTOP); /* keeps the gather running until its deadline */
+    const char *body = "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-join\",\"service\":"
+                       "\"chillybin\",\"version\":\"2\",\"address\":\"http://h:1\","
+                       "\"timeout_ms\":1500}";
+    natsInbox *inbox1, *inbox2;
+    natsSubscription *s1, *s2;
+    natsInbox_Create(&inbox1);
+    natsInbox_Create(&inbox2);
+    cr_assert_eq(natsConnection_SubscribeSync(&s1, nc, inbox1), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&s2, nc, inbox2), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox1, body),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox2, body),
+                 NATS_OK);
+    natsMsg *m1 = NULL, *m2 = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m1, s1, 10000), NATS_OK);
+    cr_assert_eq(natsSubscription_NextMsg(&m2, s2, 10000), NATS_OK);
+    kill(frozen, SIGCONT);
+    cr_assert_eq(natsMsg_GetDataLength(m1), natsMsg_GetDataLength(m2));
+    cr_assert(memcmp(natsMsg_GetData(m1), natsMsg_GetData(m2),
+                     (size_t)natsMsg_GetDataLength(m1)) == 0, "one gather, one report");
+    natsMsg_Destroy(m1);
+    natsMsg_Destroy(m2);
+    natsSubscription_Destroy(s1);
+    natsSubscription_Destroy(s2);
+    natsInbox_Destroy(inbox1);
+    natsInbox_Destroy(inbox2);
+}
+
+typedef struct report_count {
+    pthread_mutex_t mu;
+    int total;
+    json_t *ids; /* change_id -> count */
+} report_count;
+
+static void on_report(natsConnection *c, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)c;
+    (void)sub;
+    report_count *rc = closure;
+    json_t *doc = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    const char *cid = str(doc, "change_id");
+    pthread_mutex_lock(&rc->mu);
+    json_int_t n = json_integer_value(json_object_get(rc->ids, cid));
+    json_object_set_new(rc->ids, cid, json_integer(n + 1));
+    rc->total++;
+    pthread_mutex_unlock(&rc->mu);
+    json_decref(doc);
+    natsMsg_Destroy(msg);
+}
+
+static int total_reports(report_count *rc)
+{
+    pthread_mutex_lock(&rc->mu);
+    int n = rc->total;
+    pthread_mutex_unlock(&rc->mu);
+    return n;
+}
+
+Test(coordinator, two_coordinators_give_one_report_per_change)
+{
+    start_sonard("second.db");
+    const char *names[] = {"alpha", "beta"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    start_service("beta", NULL, NULL, NULL, NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    report_count rc = {.ids = json_object()};
+    pthread_mutex_init(&rc.mu, NULL);
+    natsSubscription *sub;
+    cr_assert_eq(natsConnection_Subscribe(&sub, nc, "sonar.report.chillybin", on_report, &rc),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    for (int i = 0; i < 8; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "two-%d", i);
+        json_t *r = announce("chillybin", cid, 5000);
+        cr_assert_str_eq(str(r, "verdict"), "pass");
+        cr_assert_eq(count(r, "expected"), 2, "both coordinators know both services");
+        json_decref(r);
+    }
+    cr_assert(TEST_WAIT_UNTIL(total_reports(&rc) >= 8, 5000));
+    /* A duplicate would arrive within moments; give it a second to show up. */
+    cr_assert_not(TEST_WAIT_UNTIL(total_reports(&rc) > 8, 1000), "a change got two reports");
+    for (int i = 0; i < 8; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "two-%d", i);
+        cr_assert_eq(json_integer_value(json_object_get(rc.ids, cid)), 1, "%s", cid);
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    json_decref(rc.ids);
+}
+
+Test(coordinator, a_restarted_coordinator_keeps_history_and_rebuilds_the_registry)
+{
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    json_t *before = announce("chillybin", "chg-keep", 5000);
+    stop_pid(sonard_pid, SIGKILL);
+    /* Registered while no coordinator runs, beating only every minute: only
+     * sonar.discover at the restart can make it known quickly. */
+    start_service("latecomer", "chillybin", "pass", "ok", "60000");
+    sonard_pid = start_sonard("sonard.db");
+    json_t *after = request("sonar.api.report", "{\"change_id\":\"chg-keep\"}", 2000);
+    cr_assert(json_equal(before, after), "history survives the restart");
+    const char *all[] = {"alpha", "latecomer"};
+    cr_assert(TEST_WAIT_UNTIL(all_live(all, 2), 5000), "discover rebuilt the registry");
+    json_t *r = announce("chillybin", "chg-after", 5000);
+    cr_assert_eq(count(r, "pass"), 2);
+    json_decref(r);
+    json_decref(before);
+    json_decref(after);
+}
+
+/* Publishes by hand a registration of `name` beating every `hb` ms. */
+static void register_by_hand(const char *name, int hb)
+{
+    char subject[128], body[512];
+    snprintf(subject, sizeof subject, "sonar.register.%s", name);
+    snprintf(body, sizeof body,
+             "{\"type\":\"sonar.register.v1\",\"service\":\"%s\",\"instance\":\"i1\","
+             "\"version\":\"1.0.0\",\"address\":\"\",\"depends_on\":[],\"checks\":{},"
+             "\"heartbeat_ms\":%d}", name, hb);
+    cr_assert_eq(natsConnection_PublishString(nc, subject, body), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+}
+
+Test(coordinator, an_instance_expires_after_three_missed_heartbeats)
+{
+    register_by_hand("ghost", 200);
+    cr_assert(TEST_WAIT_UNTIL(is_live("ghost"), 5000));
+    int64_t t0 = test_now_ms();
+    cr_assert(TEST_WAIT_UNTIL(!is_live("ghost"), 5000));
+    int64_t took = test_now_ms() - t0;
+    cr_assert_geq(took, 450, "expired after %lld ms, before 3 heartbeats of 200 ms", (long long)took);
+    json_t *doc = request("sonar.api.services", "{}", 1000);
+    cr_assert_not_null(service_entry(doc, "ghost"), "an expired service stays known");
+    json_decref(doc);
+}
+
+Test(coordinator, the_read_api_lists_services_and_the_graph)
+{
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    json_t *doc = request("sonar.api.services", "", 1000);
+    json_t *a = service_entry(doc, "alpha");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(a, "depends_on"), 0)), "chillybin");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(a, "versions"), 0)), "1.0.0");
+    json_t *inst = json_array_get(json_object_get(a, "instances"), 0);
+    cr_assert_gt(json_integer_value(json_object_get(inst, "heartbeat_ms")), 0);
+    cr_assert_eq(strlen(str(inst, "last_seen")), 24, "RFC 3339 with milliseconds");
+    json_decref(doc);
+    json_t *g = request("sonar.api.graph", "", 1000);
+    cr_assert_str_eq(str(g, "type"), "sonar.graph.v1");
+    json_t *edge = json_array_get(json_object_get(g, "edges"), 0);
+    cr_assert_str_eq(str(edge, "from"), "alpha");
+    cr_assert_str_eq(str(edge, "to"), "chillybin");
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(edge, "checks"), 0)), "probe");
+    json_decref(g);
+    json_t *nf = request("sonar.api.report", "{\"change_id\":\"nope\"}", 1000);
+    cr_assert_eq(json_integer_value(json_object_get(nf, "code")), 404);
+    json_decref(nf);
+    /* sonard answers NATS service discovery too. */
+    json_t *ping = request("$SRV.PING.sonard", "", 1000);
+    cr_assert_str_eq(str(ping, "name"), "sonard");
+    json_decref(ping);
+}
+
+Test(coordinator, garbage_on_every_subject_gets_errors_and_is_survived)
+{
+    static const char *subjects[] = {
+        "sonar.register.x", "sonar.leave.x", "sonar.result.c1.x", "sonar.report.x",
+        "sonar.change.x", "sonar.api.services", "sonar.api.report", "sonar.api.history",
+        "sonar.api.graph",
+    };
+    static const char *bodies[] = {
+        "not json", "[1,2]", "{\"type\":\"sonar.register.v9\"}", "{\"type\":42}", "\"str\"",
+        "{\"type\":\"sonar.change.v1\",\"service\":\"a b\",\"version\":\"1\",\"address\":\"x\"}",
+        "{\"type\":\"sonar.change.v1\",\"service\":\"y\",\"version\":\"1\",\"address\":\"x\"}",
+        "{\"service\":\"bad name\",\"limit\":5000}", "{\"change_id\":7}", "{",
+    };
+    size_t n_subjects = sizeof subjects / sizeof subjects[0];
+    size_t n_bodies = sizeof bodies / sizeof bodies[0];
+    int errors = 0, expected_errors = 0;
+    for (size_t i = 0; i < n_subjects; i++) {
+        for (size_t k = 0; k < n_bodies; k++) {
+            /* A JSON object can be a valid request to the read API (extra
+             * fields are ignored): then any well-formed answer will do. */
+            json_t *as_json = json_loads(bodies[k], 0, NULL);
+            bool api_ok = strncmp(subjects[i], "sonar.api.", 10) == 0 && json_is_object(as_json);
+            json_decref(as_json);
+            natsMsg *m = NULL;
+            json_t *doc = request_raw(subjects[i], bodies[k], strlen(bodies[k]), 3000, &m);
+            if (api_ok) {
+                cr_assert(strncmp(str(doc, "type"), "sonar.", 6) == 0, "%s <- %s", subjects[i],
+                          bodies[k]);
+                json_decref(doc);
+                natsMsg_Destroy(m);
+                continue;
+            }
+            expected_errors++;
+            cr_assert_not_null(doc, "no reply on %s to %s", subjects[i], bodies[k]);
+            cr_assert_str_eq(str(doc, "type"), "sonar.error.v1", "%s <- %s", subjects[i],
+                             bodies[k]);
+            json_int_t code = json_integer_value(json_object_get(doc, "code"));
+            cr_assert(code == 400 || code == 404, "%s <- %s: code %lld", subjects[i], bodies[k],
+                      (long long)code);
+            const char *hdr = NULL;
+            cr_assert_eq(natsMsgHeader_Get(m, "Nats-Service-Error-Code", &hdr), NATS_OK,
+                         "%s <- %s: no error header", subjects[i], bodies[k]);
+            cr_assert_eq(atoi(hdr), code);
+            errors++;
+            json_decref(doc);
+            natsMsg_Destroy(m);
+        }
+    }
+    cr_assert_eq(errors, expected_errors);
+    /* Oversized, and binary. */
+    size_t big = 600 * 1024;
+    char *huge = malloc(big);
+    memset(huge, '{', big);
+    for (size_t i = 0; i < n_subjects; i++) {
+        json_t *doc = request_raw(subjects[i], huge, big, 3000, NULL);
+        cr_assert_str_eq(str(doc, "type"), "sonar.error.v1", "oversized on %s", subjects[i]);
+        json_decref(doc);
+        static const char bin[] = {0, 1, 2, (char)0xff, (char)0xfe, '{', 0};
+        doc = request_raw(subjects[i], bin, sizeof bin, 3000, NULL);
+        cr_assert_str_eq(str(doc, "type"), "sonar.error.v1", "binary on %s", subjects[i]);
+        json_decref(doc);
+    }
+    free(huge);
+    /* Plain garbage without a reply subject, everywhere. */
+    for (size_t i = 0; i < n_subjects; i++)
+        natsConnection_PublishString(nc, subjects[i], "\x01garbage");
+    natsConnection_PublishString(nc, "sonar.discover", "garbage");
+    natsConnection_PublishString(nc, "sonar.check.x", "garbage");
+    natsConnection_Flush(nc);
+    /* Still alive and working. */
+    const char *names[] = {"alpha"};
+    start_service("alpha", "x", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    json_t *r = announce("x", "after-garbage", 5000);
+    cr_assert_str_eq(str(r, "verdict"), "pass");
+    json_decref(r);
+    int status;
+    cr_assert_eq(waitpid(sonard_pid, &status, WNOHANG), 0, "sonard is still running");
+}
+
+Test(coordinator, sigterm_stops_sonard_gracefully)
+{
+    kill(sonard_pid, SIGTERM);
+    int status = 0;
+    cr_assert(TEST_WAIT_UNTIL(waitpid(sonard_pid, &status, WNOHANG) == sonard_pid, 10000));
+    for (int i = 0; i < n_pids; i++)
+        if (pids[i] == sonard_pid)
+            pids[i] = 0;
+    cr_assert(WIFEXITED(status));
+    cr_assert_eq(WEXITSTATUS(status), 0);
+}

@@ -1,0 +1,238 @@
+#include <criterion/criterion.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "natsd.h"
+#include "sonar/sonar.h"
+#include "store.h"
+
+static char dir[256];
+static char path[300];
+
+static void setup(void)
+{
+    cr_assert(test_mkdtemp(dir, sizeof dir, "store"));
+    snprintf(path, sizeof path, "%s/sonard.db", dir);
+}
+
+static void teardown(void)
+{
+    test_rmtree(dir);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+static void raw_exec(const char *sql)
+{
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+}
+
+Test(store, a_new_database_gets_the_current_schema)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK, "%s", sonar_last_error());
+    int v = 0;
+    cr_assert_eq(sonar_store_schema_version(st, &v), SONAR_OK);
+    cr_assert_eq(v, SONARD_SCHEMA_VERSION);
+    sonar_store_close(st);
+    /* Reopening applies nothing twice. */
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_store_schema_version(st, &v), SONAR_OK);
+    cr_assert_eq(v, SONARD_SCHEMA_VERSION);
+    sonar_store_close(st);
+}
+
+Test(store, a_version_1_database_is_migrated_keeping_its_reports)
+{
+    raw_exec("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms INTEGER NOT NULL);"
+             "INSERT INTO schema_version VALUES (1, 0);"
+             "CREATE TABLE services (name TEXT PRIMARY KEY, version TEXT NOT NULL DEFAULT '',"
+             " depends_on TEXT NOT NULL DEFAULT '[]', checks TEXT NOT NULL DEFAULT '{}',"
+             " first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL);"
+             "CREATE TABLE instances (service TEXT NOT NULL, instance TEXT NOT NULL,"
+             " version TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',"
+             " heartbeat_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,"
+             " PRIMARY KEY (service, instance));"
+             "CREATE TABLE reports (change_id TEXT PRIMARY KEY, service TEXT NOT NULL,"
+             " verdict TEXT NOT NULL, created_ms INTEGER NOT NULL, report TEXT NOT NULL);"
+             "INSERT INTO reports VALUES ('c1', 'x', 'pass', 5, '{\"change_id\":\"c1\"}');");
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK, "%s", sonar_last_error());
+    int v = 0;
+    cr_assert_eq(sonar_store_schema_version(st, &v), SONAR_OK);
+    cr_assert_eq(v, 2);
+    char *r = NULL;
+    cr_assert_eq(sonar_store_get_report(st, "c1", &r), SONAR_OK);
+    cr_assert_str_eq(r, "{\"change_id\":\"c1\"}");
+    free(r);
+    sonar_store_close(st);
+    /* The version-2 index exists now. */
+    sqlite3 *db;
+    sqlite3_stmt *q;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM sqlite_master WHERE type='index'"
+                                        " AND name='reports_by_service'", -1, &q, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(q, 0), 1);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+}
+
+Test(store, a_schema_newer_than_this_build_is_refused)
+{
+    raw_exec("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms INTEGER NOT NULL);"
+             "INSERT INTO schema_version VALUES (99, 0);");
+    sonar_store *st = NULL;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_ERR_DB);
+    cr_assert_null(st);
+    cr_assert(strstr(sonar_last_error(), "newer") != NULL, "%s", sonar_last_error());
+}
+
+Test(store, a_file_that_is_not_a_database_is_refused)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("this is not sqlite, just text long enough to have a header page ........", f);
+    fclose(f);
+    sonar_store *st = NULL;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_ERR_DB);
+    cr_assert_eq(sonar_store_open(&st, ""), SONAR_ERR_INVALID);
+}
+
+Test(store, reports_are_found_by_change_id_and_the_first_wins)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_put_report(st, "c1", "x", "pass", 10, "{\"n\":1}"), SONAR_OK);
+    cr_assert_eq(sonar_store_put_report(st, "c1", "x", "fail", 11, "{\"n\":2}"), SONAR_OK);
+    char *r = NULL;
+    cr_assert_eq(sonar_store_get_report(st, "c1", &r), SONAR_OK);
+    cr_assert_str_eq(r, "{\"n\":1}");
+    free(r);
+    r = NULL;
+    cr_assert_eq(sonar_store_get_report(st, "nope", &r), SONAR_ERR_NOT_FOUND);
+    cr_assert_null(r);
+    sonar_store_close(st);
+}
+
+Test(store, history_is_newest_first_and_limited)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    for (int i = 0; i < 5; i++) {
+        char cid[8], json[32];
+        snprintf(cid, sizeof cid, "c%d", i);
+        snprintf(json, sizeof json, "{\"n\":%d}", i);
+        cr_assert_eq(sonar_store_put_report(st, cid, "x", "pass", 100 + i, json), SONAR_OK);
+    }
+    cr_assert_eq(sonar_store_put_report(st, "other", "y", "pass", 500, "{\"n\":9}"), SONAR_OK);
+    json_t *h;
+    cr_assert_eq(sonar_store_history(st, "x", 3, &h), SONAR_OK);
+    cr_assert_eq(json_array_size(h), 3);
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(h, 0), "n")), 4);
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(h, 2), "n")), 2);
+    json_decref(h);
+    cr_assert_eq(sonar_store_history(st, "nobody", 3, &h), SONAR_OK);
+    cr_assert_eq(json_array_size(h), 0);
+    json_decref(h);
+    sonar_store_close(st);
+}
+
+Test(store, pruning_deletes_only_reports_past_retention_in_batches)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    raw_exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1200)"
+             " INSERT INTO reports SELECT 'old' || i, 'x', 'pass', 1000, '{}' FROM n;");
+    cr_assert_eq(sonar_store_put_report(st, "new", "x", "pass", 5000, "{}"), SONAR_OK);
+    size_t deleted = 0;
+    cr_assert_eq(sonar_store_prune(st, 2000, 5000, &deleted), SONAR_OK);
+    cr_assert_eq(deleted, 1200, "more than two batches of %d", SONARD_PRUNE_BATCH);
+    int64_t n = 0;
+    cr_assert_eq(sonar_store_count_reports(st, &n), SONAR_OK);
+    cr_assert_eq(n, 1);
+    char *r = NULL;
+    cr_assert_eq(sonar_store_get_report(st, "new", &r), SONAR_OK);
+    free(r);
+    sonar_store_close(st);
+}
+
+struct loaded {
+    int services, instances;
+    char deps[64];
+    int64_t hb;
+};
+
+static void on_service(void *cl, const char *service, const char *version, const char *deps,
+                       const char *checks, int64_t wall)
+{
+    (void)version; (void)checks; (void)wall;
+    struct loaded *l = cl;
+    l->services++;
+    if (strcmp(service, "a") == 0)
+        snprintf(l->deps, sizeof l->deps, "%s", deps);
+}
+
+static void on_instance(void *cl, const char *service, const char *instance, const char *version,
+                        const char *address, int64_t hb, int64_t wall)
+{
+    (void)service; (void)instance; (void)version; (void)address; (void)wall;
+    struct loaded *l = cl;
+    l->instances++;
+    l->hb = hb;
+}
+
+Test(store, the_writer_applies_queued_registrations_and_leaves)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_start_writer(st, 1000000, 1000000), SONAR_OK);
+    cr_assert_eq(sonar_store_start_writer(st, 1000000, 1000000), SONAR_ERR_STATE);
+    cr_assert_eq(sonar_store_enqueue_register(st, "a", "1.0", "[\"x\"]", "{}", "a1", "http://a",
+                                              250, sonar_wall_ms()), SONAR_OK);
+    cr_assert_eq(sonar_store_enqueue_register(st, "b", "1.0", NULL, NULL, "b1", NULL, 250, sonar_wall_ms()),
+                 SONAR_OK);
+    cr_assert_eq(sonar_store_enqueue_register(st, "b", "1.0", NULL, NULL, "b2", NULL, 250, sonar_wall_ms()),
+                 SONAR_OK);
+    cr_assert_eq(sonar_store_enqueue_leave(st, "b", "b1"), SONAR_OK);
+    cr_assert_eq(sonar_store_enqueue_report(st, "c9", "a", "fail", sonar_wall_ms(), "{}"), SONAR_OK);
+    sonar_store_sync(st);
+    struct loaded l = {0};
+    cr_assert_eq(sonar_store_load(st, on_service, on_instance, &l), SONAR_OK);
+    cr_assert_eq(l.services, 2);
+    cr_assert_eq(l.instances, 2, "a1 and b2; b1 left");
+    cr_assert_str_eq(l.deps, "[\"x\"]");
+    cr_assert_eq(l.hb, 250);
+    char *r = NULL;
+    cr_assert_eq(sonar_store_get_report(st, "c9", &r), SONAR_OK);
+    free(r);
+    sonar_store_close(st);
+    /* What the writer applied survives a reopen. */
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    memset(&l, 0, sizeof l);
+    cr_assert_eq(sonar_store_load(st, on_service, on_instance, &l), SONAR_OK);
+    cr_assert_eq(l.services, 2);
+    sonar_store_close(st);
+}
+
+Test(store, close_applies_what_is_still_queued)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_start_writer(st, 1000000, 1000000), SONAR_OK);
+    for (int i = 0; i < 200; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "c%d", i);
+        cr_assert_eq(sonar_store_enqueue_report(st, cid, "a", "pass", sonar_wall_ms() + i, "{}"), SONAR_OK);
+    }
+    sonar_store_close(st);
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    int64_t n = 0;
+    cr_assert_eq(sonar_store_count_reports(st, &n), SONAR_OK);
+    cr_assert_eq(n, 200);
+    sonar_store_close(st);
+}
