@@ -24,6 +24,9 @@
 #define MSG_ID_HEADER "Nats-Msg-Id"
 #define PRUNE_BATCH 500
 #define MAX_SUBJECT_STATES 4096
+/* Answered rows are recorded at least this often (or at a quarter window):
+ * fewer write transactions competing with the producer for the lock. */
+#define SETTLE_EVERY_MS 5
 
 /* ---- Schema ------------------------------------------------------------ */
 
@@ -110,6 +113,12 @@ sonar_status sonar_outbox_migrate(sqlite3 *db)
 }
 
 /* ---- Enqueue ----------------------------------------------------------- */
+
+void sonar_outbox_set_busy_handler(sqlite3 *db)
+{
+    if (db)
+        sonar__db_fast_busy(db);
+}
 
 bool sonar_outbox_subject_valid(const char *subject)
 {
@@ -290,6 +299,7 @@ struct sonar_outbox {
     int64_t idle_ms;
     int64_t prune_due_ms;      /* wall clock; INT64_MAX: nothing retained */
     int64_t pending_refresh_ms;
+    int64_t last_settle_ms;
     unsigned rng;
 
     sonar_outbox_stats st;     /* guarded by mu */
@@ -1009,7 +1019,7 @@ static void idle_wait(sonar_outbox *ob, int64_t now, int64_t next_unblock)
 
 /* Loads more rows into the window and publishes them. Returns false when
  * there was nothing to do and the relay waited idle. */
-static bool fill_window(sonar_outbox *ob, bool *more_waiting)
+static bool fill_window(sonar_outbox *ob, bool *more_waiting, long *loaded_out)
 {
     size_t w = (size_t)ob->cfg.max_in_flight;
     int64_t now = sonar_now_ms(), next_unblock;
@@ -1036,6 +1046,7 @@ static bool fill_window(sonar_outbox *ob, bool *more_waiting)
     size_t want = w - ob->n_slots;
     long loaded = load_more(ob, blocked, want);
     free(blocked);
+    *loaded_out = loaded > 0 ? loaded : 0;
     if (loaded < 0) {
         sonar_log(SONAR_LOG_WARN, "outbox %s: %s", ob->name, sonar_last_error());
         if (ob->n_slots == 0)
@@ -1109,8 +1120,9 @@ static void *relay_main(void *arg)
             continue;
         }
         bool more_waiting = false;
+        long loaded = 0;
         if (up && !ob->draining && ob->n_slots < (size_t)ob->cfg.max_in_flight) {
-            if (!fill_window(ob, &more_waiting))
+            if (!fill_window(ob, &more_waiting, &loaded))
                 continue; /* idle */
         }
         if (ob->n_slots == 0)
@@ -1119,13 +1131,24 @@ static void *relay_main(void *arg)
             more_waiting = true; /* full window: settle a quarter, then refill */
         await_some(ob, more_waiting);
         size_t k = resolved_prefix(ob);
-        if (k > 0) {
+        size_t quarter = (size_t)ob->cfg.max_in_flight / 4;
+        int64_t now = sonar_now_ms();
+        bool due = ob->draining || k >= quarter || ob->n_slots >= (size_t)ob->cfg.max_in_flight ||
+                   now - ob->last_settle_ms >= SETTLE_EVERY_MS;
+        if (k > 0 && due) {
             sonar_status s = settle_prefix(ob, k);
+            ob->last_settle_ms = now;
             if (s != SONAR_OK) {
                 sonar_log(SONAR_LOG_WARN, "outbox %s: %s (rows stay pending)", ob->name,
                           sonar_last_error());
                 relay_wait(ob, 100);
             }
+        } else if (k > 0 && loaded == 0) {
+            pthread_mutex_lock(&ob->mu);
+            bool quiet = ob->inflight == 0;
+            pthread_mutex_unlock(&ob->mu);
+            if (quiet) /* nothing to publish or await: record the answers soon */
+                relay_wait(ob, SETTLE_EVERY_MS - (now - ob->last_settle_ms));
         }
         if (ob->n_slots == 0 && ob->draining)
             end_pass(ob);

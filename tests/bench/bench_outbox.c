@@ -159,6 +159,8 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
     snprintf(filter, sizeof filter, "bench.%s", tag);
     sqlite3 *db = tu_db_open(path);
     sonar_outbox_migrate(db);
+    if (getenv("BENCH_DEFAULT_BUSY") == NULL)
+        sonar_outbox_set_busy_handler(db);
     char pragma[64];
     snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s", sync);
     sqlite3_exec(db, pragma, NULL, NULL, NULL);
