@@ -38,11 +38,19 @@ static const char schema_v1[] =
     "  headers TEXT,"
     "  created_ms INTEGER NOT NULL,"
     "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  last_error TEXT,"
-    "  sent_ms INTEGER,"
-    "  stream_seq INTEGER);"
-    "CREATE INDEX IF NOT EXISTS sonar_outbox_pending ON sonar_outbox(id) WHERE sent_ms IS NULL;"
-    "CREATE INDEX IF NOT EXISTS sonar_outbox_sent ON sonar_outbox(sent_ms) WHERE sent_ms IS NOT NULL;"
+    "  last_error TEXT);"
+    /* Published rows kept for the retention period (none by default). A
+     * separate table keeps the pending table free of secondary indexes:
+     * enqueue is one B-tree insert plus the AUTOINCREMENT counter. */
+    "CREATE TABLE IF NOT EXISTS sonar_outbox_sent ("
+    "  id INTEGER PRIMARY KEY,"
+    "  subject TEXT NOT NULL,"
+    "  payload BLOB NOT NULL,"
+    "  headers TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  sent_ms INTEGER NOT NULL,"
+    "  stream_seq INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS sonar_outbox_sent_at ON sonar_outbox_sent(sent_ms);"
     "CREATE TABLE IF NOT EXISTS sonar_outbox_dead ("
     "  id INTEGER PRIMARY KEY,"
     "  subject TEXT NOT NULL,"
@@ -739,20 +747,26 @@ static verdict classify(sonar_outbox *ob, const slot *s, subject_state *ss, int6
     return V_RETRY_ALL; /* timeouts, connection errors */
 }
 
+/* A confirmed row: copied to sonar_outbox_sent when retained, then deleted. */
 static sonar_status step_done(sonar_outbox *ob, const slot *s, int64_t wall)
 {
-    sqlite3_stmt *st = ob->cfg.retention_ms > 0 ? ob->st_mark : ob->st_delete;
-    sqlite3_reset(st);
+    int rc = SQLITE_DONE;
     if (ob->cfg.retention_ms > 0) {
+        sqlite3_stmt *st = ob->st_mark;
+        sqlite3_reset(st);
         sqlite3_bind_int64(st, 1, wall);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)s->seq);
         sqlite3_bind_int64(st, 3, s->id);
-    } else {
-        sqlite3_bind_int64(st, 1, s->id);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
     }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: marking row sent");
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(ob->st_delete);
+        sqlite3_bind_int64(ob->st_delete, 1, s->id);
+        rc = sqlite3_step(ob->st_delete);
+        sqlite3_reset(ob->st_delete);
+    }
+    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: recording a sent row");
 }
 
 static sonar_status step_dead(sonar_outbox *ob, const slot *s, const char *why, int64_t wall)
@@ -899,8 +913,8 @@ static void refresh_pending(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int64_t pending = 0, oldest = 0, dead = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "SELECT (SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL),"
-                           " (SELECT min(created_ms) FROM sonar_outbox WHERE sent_ms IS NULL),"
+                           "SELECT (SELECT count(*) FROM sonar_outbox),"
+                           " (SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1),"
                            " (SELECT count(*) FROM sonar_outbox_dead)",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
@@ -927,8 +941,8 @@ static void prune(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int deleted = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "DELETE FROM sonar_outbox WHERE id IN (SELECT id FROM sonar_outbox"
-                           " WHERE sent_ms IS NOT NULL AND sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
+                           "DELETE FROM sonar_outbox_sent WHERE id IN (SELECT id FROM"
+                           " sonar_outbox_sent WHERE sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
                            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, wall - ob->cfg.retention_ms);
         sqlite3_bind_int(st, 2, PRUNE_BATCH);
@@ -945,7 +959,7 @@ static void prune(sonar_outbox *ob)
         return;
     }
     int64_t oldest = INT64_MAX;
-    sonar__db_int(ob->db, "SELECT min(sent_ms) FROM sonar_outbox WHERE sent_ms IS NOT NULL",
+    sonar__db_int(ob->db, "SELECT min(sent_ms) FROM sonar_outbox_sent",
                   NULL, INT64_MAX, &oldest);
     count_query(ob);
     ob->prune_due_ms = oldest == INT64_MAX ? INT64_MAX : oldest + ob->cfg.retention_ms;
@@ -956,7 +970,7 @@ static void warn_beyond_window(sonar_outbox *ob)
     int64_t n = 0;
     char sql[160];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL AND attempts > 0"
+             "SELECT count(*) FROM sonar_outbox WHERE attempts > 0"
              " AND created_ms < %" PRId64,
              sonar_wall_ms() - ob->cfg.duplicate_window_ms);
     if (sonar__db_int(ob->db, sql, NULL, 0, &n) == SONAR_OK && n > 0)
@@ -1261,14 +1275,16 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
                               "SELECT id, subject, payload, headers, created_ms FROM sonar_outbox"
-                              " WHERE sent_ms IS NULL AND id > ?3 AND subject NOT IN"
+                              " WHERE id > ?3 AND subject NOT IN"
                               " (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
                               &ob->st_select);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db, "DELETE FROM sonar_outbox WHERE id=?1", &ob->st_delete);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
-                              "UPDATE sonar_outbox SET sent_ms=?1, stream_seq=?2 WHERE id=?3",
+                              "INSERT OR REPLACE INTO sonar_outbox_sent(id, subject, payload,"
+                              " headers, created_ms, sent_ms, stream_seq) SELECT id, subject,"
+                              " payload, headers, created_ms, ?1, ?2 FROM sonar_outbox WHERE id=?3",
                               &ob->st_mark);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
@@ -1363,7 +1379,8 @@ static sonar_status open_outbox_db(sqlite3 **out, const char *path, bool read_on
     if (s != SONAR_OK)
         return s;
     if (!sonar__db_has_table(db, "sonar_outbox_meta") || !sonar__db_has_table(db, "sonar_outbox") ||
-        !sonar__db_has_table(db, "sonar_outbox_dead")) {
+        !sonar__db_has_table(db, "sonar_outbox_dead") ||
+        !sonar__db_has_table(db, "sonar_outbox_sent")) {
         /* A non-SQLite file fails here too ("file is not a database"). */
         s = sonar__fail(SONAR_ERR_INVALID, "%s: not an outbox database", path);
         sqlite3_close(db);
@@ -1387,13 +1404,13 @@ sonar_status sonar_outbox_db_status_read(sonar_outbox_db_status *out, const char
     if (s == SONAR_OK && (s = meta_get(db, "schema_version", buf, sizeof buf, &found)) == SONAR_OK)
         r.schema_version = found ? atoi(buf) : 0;
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL", NULL, 0,
+        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox", NULL, 0,
                           &r.pending);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT min(created_ms) FROM sonar_outbox WHERE sent_ms IS NULL",
+        s = sonar__db_int(db, "SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1",
                           NULL, 0, &oldest);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NOT NULL",
+        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_sent",
                           NULL, 0, &r.sent_retained);
     if (s == SONAR_OK)
         s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_dead", NULL, 0, &r.dead);
