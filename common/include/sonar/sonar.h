@@ -17,5 +17,6 @@
 #include "sonar/inbox.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
+#include "sonar/statusstore.h"
 
 #endif
