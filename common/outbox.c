@@ -1137,6 +1137,12 @@ static void *relay_main(void *arg)
             ob->cursor = 0;
             continue;
         }
+        if (!up) {
+            /* Connection lost with publishes in flight: reclaim and retry. */
+            pthread_mutex_lock(&ob->mu);
+            ob->draining = true;
+            pthread_mutex_unlock(&ob->mu);
+        }
         bool more_waiting = false;
         long loaded = 0;
         if (up && !ob->draining && ob->n_slots < (size_t)ob->cfg.max_in_flight) {

@@ -171,6 +171,25 @@ Test(outbox, nats_server_down_for_seconds_mid_burst_loses_and_doubles_nothing)
     assert_stream_exact(total);
 }
 
+Test(outbox, nats_server_sigkilled_with_a_full_window_in_flight_loses_and_doubles_nothing)
+{
+    ensure_stream("EV", "ev.>");
+    const long total = 20000;
+    pid_t pid = spawn_producer(total, 0); /* flat out: the relay's window is full */
+    int status = 0;
+    cr_assert(TEST_WAIT_UNTIL(committed() >= 5000 || exited(pid, &status), 30000));
+    kill(natsd.pid, SIGKILL);
+    int64_t down_at = test_now_ms();
+    TEST_WAIT_UNTIL(test_now_ms() - down_at >= 1500, 3000);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(exited(pid, &status), 120000), "producer did not finish");
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "producer failed (%d)", status);
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    long pub = 0, dups = 0, retries = 0;
+    producer_report(&pub, &dups, &retries);
+    assert_stream_exact(total);
+}
+
 static sqlite3 *migrated_db(void)
 {
     sqlite3 *db = tu_db_open(db_path);
