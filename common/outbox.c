@@ -4,7 +4,7 @@
  *
  * Threads: the relay thread owns its SQLite connection and the jsCtx
  * publishing state; the PubAck handler runs on a nats.c thread and only
- * records results in the current batch under `mu` (no SQLite there).
+ * records answers in the window under `mu` (no SQLite there).
  */
 #include "sonar/outbox.h"
 
@@ -238,7 +238,7 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
 /* ---- Relay ------------------------------------------------------------- */
 
 typedef enum slot_state {
-    SLOT_IDLE = 0,   /* not sent in this batch */
+    SLOT_IDLE = 0,   /* loaded, not sent */
     SLOT_SENT,       /* published, no answer yet */
     SLOT_OK,         /* PubAck received */
     SLOT_FAILED,     /* refused or failed; see err/errcode */
