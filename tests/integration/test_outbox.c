@@ -348,3 +348,66 @@ Test(outbox, idle_relay_makes_at_most_a_few_queries_per_second)
     sonar_outbox_destroy(ob);
     sqlite3_close(db);
 }
+
+/* ---- stats in $SRV.STATS ------------------------------------------------ */
+
+static json_t *outbox_stats_supplier(void *closure)
+{
+    return sonar_outbox_stats_json(closure);
+}
+
+static sonar_status events_endpoint(sonar_request *req, void *closure)
+{
+    (void)closure;
+    return sonar_request_respond(req, "{}", 2);
+}
+
+Test(outbox, figures_appear_as_endpoint_data_in_srv_stats)
+{
+    ensure_stream("EV", "ev.>");
+    sqlite3 *db = migrated_db();
+    sonar_bus *bus = NULL;
+    sonar_bus_config bc = {.urls = natsd.url, .name = "orders"};
+    cr_assert_eq(sonar_bus_connect(&bus, &bc), SONAR_OK, "%s", sonar_last_error());
+    sonar_outbox *ob = NULL;
+    cr_assert_eq(sonar_outbox_create(&ob, sonar_bus_nats(bus), db_path, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    sonar_service_config sc = {.name = "orders", .version = "1.0.0", .instance = "o1"};
+    sonar_service *svc = NULL;
+    cr_assert_eq(sonar_service_create(&svc, bus, &sc), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_service_add_endpoint(svc, "events", "orders.events", NULL,
+                                            events_endpoint, NULL), SONAR_OK);
+    cr_assert_eq(sonar_service_set_endpoint_stats(svc, "events", outbox_stats_supplier, ob),
+                 SONAR_OK);
+    cr_assert_eq(sonar_service_start(svc), SONAR_OK, "%s", sonar_last_error());
+    for (int i = 0; i < 3; i++)
+        enqueue(db, "ev.orders", "o", 1, NULL);
+    sonar_outbox_notify(ob);
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 10000));
+
+    natsMsg *reply = NULL;
+    cr_assert_eq(natsConnection_RequestString(&reply, nc, "$SRV.STATS.orders.o1", "", 5000),
+                 NATS_OK);
+    json_t *stats = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0,
+                               NULL);
+    cr_assert_not_null(stats);
+    json_t *eps = json_object_get(stats, "endpoints"), *ep;
+    size_t i;
+    json_t *data = NULL;
+    json_array_foreach(eps, i, ep) {
+        if (strcmp(json_string_value(json_object_get(ep, "name")), "events") == 0)
+            data = json_object_get(ep, "data");
+    }
+    cr_assert_not_null(data, "no data on the events endpoint: %.*s",
+                       natsMsg_GetDataLength(reply), natsMsg_GetData(reply));
+    cr_assert_eq(json_integer_value(json_object_get(data, "published")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(data, "pending")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(data, "dead")), 0);
+    cr_assert(json_is_true(json_object_get(data, "connected")));
+    json_decref(stats);
+    natsMsg_Destroy(reply);
+    sonar_service_destroy(svc);
+    sonar_outbox_destroy(ob);
+    sonar_bus_destroy(bus);
+    sqlite3_close(db);
+}
