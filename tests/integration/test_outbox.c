@@ -251,11 +251,11 @@ Test(outbox, poison_rows_go_to_dead_letter_without_stalling_other_subjects_and_c
     enqueue(db, "ev.b", "b1", 2, NULL);
     free(big);
     sonar_outbox *ob = NULL;
-    sonar_outbox_config cfg = {.no_stream_grace_ms = 3000, .retry_min_ms = 50,
+    sonar_outbox_config cfg = {.no_stream_grace_ms = 6000, .retry_min_ms = 50,
                                .retry_max_ms = 200};
     cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
     /* Good rows flow while the no-stream row is still in its grace period. */
-    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 2500), "other subjects stalled");
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 5000), "other subjects stalled");
     cr_assert_leq(stats_of(ob).dead, 1, "the no-stream row died before its grace period");
     cr_assert(TEST_WAIT_UNTIL(stats_of(ob).dead == 2, 15000));
     cr_assert_gt(stats_of(ob).retries, 0);
