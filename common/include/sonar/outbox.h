@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 /** Schema version written by this library into `sonar_outbox_meta`. */
-#define SONAR_OUTBOX_SCHEMA_VERSION 1
+#define SONAR_OUTBOX_SCHEMA_VERSION 2
 /** Longest subject accepted by enqueue, in bytes. */
 #define SONAR_OUTBOX_MAX_SUBJECT 256
 /** Largest payload accepted by enqueue (the server's max_payload may be lower:
@@ -52,8 +52,8 @@ extern "C" {
 /* ---- Producer side (caller's connection, no network) ------------------- */
 
 /**
- * \brief Creates or upgrades the outbox tables in \p db and switches the
- *        database to WAL. Idempotent; safe to call at every start. The first
+ * \brief Creates or upgrades (from version 1) the outbox tables in \p db
+ *        and switches the database to WAL. Idempotent; safe to call at every start. The first
  *        call stores a random outbox id used in every `Nats-Msg-Id`.
  * \param db borrowed; must not be inside a transaction.
  * \return SONAR_OK; SONAR_ERR_DB (SQLite failure, or a schema newer than
