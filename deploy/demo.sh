@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo scenario, run by `deploy/dev demo` after the build:
 #   nats-server (JetStream) → sonard → chillybin v1, jafflr (depends on chillybin, with
-#   checks), hello (another dependent of chillybin) and hello as "ledger" (depends on
-#   aquifers only, so it answers `none`) → a toastie through jafflr → the gate for a
+#   checks), hello (another dependent of chillybin), hello as "ledger" (depends on
+#   aquifers only, so it answers `none`) and "menu", a service in any language joined
+#   through `sonar agent` with a JSON check table → a toastie through jafflr → the gate for a
 #   compatible chillybin v2 candidate (pass, promoted) → the gate for the breaking
 #   `nome` candidate (fail, jafflr's check named, aborted) → services, graph, history.
 # Everything runs on loopback from a temp dir and is stopped at the end
@@ -65,14 +66,15 @@ step "starting nats-server (JetStream) on $NATS_URL"
 start nats-server nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/js"
 wait_for "nats-server" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT"
 
-step "starting sonard, chillybin v1, jafflr, hello and ledger"
+step "starting sonard, chillybin v1, jafflr, hello, ledger and menu (through sonar agent)"
 start sonard "$BIN/services/coordinator/sonard" --db "$WORK/sonard.db"
 start chillybin "$BIN/services/examples/chillybin/chillybin" --db "$WORK/chillybin.db" --port "$CHILLY_PORT"
 start jafflr "$BIN/services/examples/jafflr/jafflr" --port "$JAFFLR_PORT" --chillybin "http://127.0.0.1:$CHILLY_PORT"
 start hello "$BIN/services/examples/hello/hello" --depends-on chillybin --heartbeat 2s
 start ledger "$BIN/services/examples/hello/hello" --name ledger --depends-on aquifers --heartbeat 2s
-wait_for "four services in the registry" 15 bash -c \
-    "'$SONAR' services --json | python3 -c 'import json,sys; s=json.load(sys.stdin)[\"services\"]; sys.exit(0 if sum(1 for x in s if x[\"live\"])>=4 else 1)'"
+start menu "$SONAR" agent --checks "$ROOT/services/examples/menu/checks.json" --heartbeat 2s
+wait_for "five services in the registry" 15 bash -c \
+    "'$SONAR' services --json | python3 -c 'import json,sys; s=json.load(sys.stdin)[\"services\"]; sys.exit(0 if sum(1 for x in s if x[\"live\"])>=5 else 1)'"
 "$SONAR" services
 
 step "a customer orders a cheese toastie from jafflr (which picks from chillybin)"

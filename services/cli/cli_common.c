@@ -56,7 +56,8 @@ static const common_opt common_opts[] = {
     {"password", offsetof(sonar_bus_config, password)},
     {"token", offsetof(sonar_bus_config, token)},
     {"creds", offsetof(sonar_bus_config, creds_file)},
-    {"nkey", offsetof(sonar_bus_config, nkey_seed_file)},
+    {"nkey", offsetof(sonar_bus_config, nkey_public)},
+    {"nkey-seed", offsetof(sonar_bus_config, nkey_seed_file)},
     {"tlsca", offsetof(sonar_bus_config, tls_ca)},
     {"tlscert", offsetof(sonar_bus_config, tls_cert)},
     {"tlskey", offsetof(sonar_bus_config, tls_key)},
@@ -171,7 +172,8 @@ void sonar_cli_usage(FILE *to, const char *usage)
           "  --user NAME        user name (or $NATS_USER); --password PW (or $NATS_PASSWORD)\n"
           "  --token TOKEN      token authentication (or $NATS_TOKEN)\n"
           "  --creds FILE       JWT user credentials file (or $NATS_CREDS)\n"
-          "  --nkey FILE        file holding an NKey seed (or $NATS_NKEY)\n"
+          "  --nkey PUBKEY      NKey public user key (or $NATS_NKEY), with\n"
+          "  --nkey-seed FILE   the file holding its seed (or $NATS_NKEY_SEED)\n"
           "  --tlsca FILE       CA certificates, enables TLS (or $NATS_CA)\n"
           "  --tlscert FILE     client certificate (or $NATS_CERT); --tlskey FILE (or $NATS_KEY)\n"
           "  -h, --help         show this help\n",
@@ -357,6 +359,7 @@ typedef struct queue_sub {
     struct sonar_cli_queue *q;
     int tag;
     natsSubscription *sub;
+    uint64_t enqueued; /* messages this subscription put in the queue (under q->lock) */
 } queue_sub;
 
 struct sonar_cli_queue {
@@ -403,7 +406,8 @@ static void on_queue_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     else
         q->head = it;
     q->tail = it;
-    pthread_cond_signal(&q->cond);
+    qs->enqueued++;
+    pthread_cond_broadcast(&q->cond);
     pthread_mutex_unlock(&q->lock);
 }
 
@@ -488,6 +492,44 @@ bool sonar_cli_queue_pop(sonar_cli_queue *q, int64_t timeout_ms, natsMsg **out_m
     *out_tag = it->tag;
     free(it);
     return true;
+}
+
+/* True when every message nats.c received for the queue's subscriptions
+ * is in the queue: none pending in the library, no callback half-way. */
+static bool settled(sonar_cli_queue *q)
+{
+    for (size_t i = 0; i < q->n_subs; i++) {
+        int pending = 0, bytes = 0;
+        int64_t delivered = 0;
+        natsSubscription *sub = q->subs[i]->sub;
+        if (natsSubscription_GetPending(sub, &pending, &bytes) != NATS_OK ||
+            natsSubscription_GetDelivered(sub, &delivered) != NATS_OK)
+            continue; /* closed: nothing more will come */
+        if (pending > 0 || (uint64_t)delivered != q->subs[i]->enqueued)
+            return false;
+    }
+    return true;
+}
+
+bool sonar_cli_queue_settle(sonar_cli_queue *q, int64_t timeout_ms)
+{
+    int64_t deadline = sonar_now_ms() + timeout_ms;
+    pthread_mutex_lock(&q->lock);
+    bool ok;
+    while (!(ok = settled(q)) && sonar_now_ms() < deadline) {
+        /* Callbacks broadcast on every message; wake at least each ms to
+         * see messages still pending in nats.c. */
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&q->cond, &q->lock, &until);
+    }
+    pthread_mutex_unlock(&q->lock);
+    return ok;
 }
 
 void sonar_cli_queue_wake(sonar_cli_queue *q)

@@ -49,7 +49,7 @@ typedef struct sonar_cli_opt {
 /* The parsed command line. Strings are borrowed from argv. */
 typedef struct sonar_cli_args {
     sonar_bus_config bus;  /* --server, --user, --password, --token, --creds,
-                              --nkey, --tlsca, --tlscert, --tlskey */
+                              --nkey, --nkey-seed, --tlsca, --tlscert, --tlskey */
     bool help;             /* --help or -h was given: print usage, exit 0 */
     const char *pos[SONAR_CLI_MAX_POS];
     size_t n_pos;
@@ -171,6 +171,15 @@ sonar_status sonar_cli_queue_subscribe_js(sonar_cli_queue *q, jsCtx *js, const c
  */
 bool sonar_cli_queue_pop(sonar_cli_queue *q, int64_t timeout_ms, natsMsg **out_msg,
                          int *out_tag);
+
+/*
+ * Waits (at most \p timeout_ms) until every message nats.c has received
+ * for the queue's subscriptions is in the queue. Each subscription has its
+ * own delivery thread, so messages of different subscriptions can reach
+ * the queue out of wire order; after this returns true, everything that
+ * arrived on the wire before the last popped message can be popped.
+ */
+bool sonar_cli_queue_settle(sonar_cli_queue *q, int64_t timeout_ms);
 
 /* Wakes a thread blocked in sonar_cli_queue_pop (e.g. from a signal-free
  * thread); safe from any thread. */

@@ -87,6 +87,21 @@ char *sonar_cli_sanitize(const char *s)
     return c;
 }
 
+/* Like sonar_cli_sanitize, but keeps '\n' (a line break inside a table cell). */
+static char *sanitize_lines(const char *s)
+{
+    char *c = strdup(s ? s : "-");
+    if (c == NULL)
+        return NULL;
+    for (unsigned char *p = (unsigned char *)c; *p; p++) {
+        if (*p == '\t' || *p == '\r')
+            *p = ' ';
+        else if ((*p < 0x20 && *p != '\n') || *p == 0x7f)
+            *p = '?';
+    }
+    return c;
+}
+
 size_t sonar_cli_text_width(const char *s)
 {
     size_t w = 0;
@@ -130,7 +145,7 @@ bool sonar_cli_table_add(sonar_cli_table *t, const char *const *cells)
     }
     char **row = t->cells + t->nrows * t->ncols;
     for (size_t c = 0; c < t->ncols; c++) {
-        row[c] = sonar_cli_sanitize(cells[c]);
+        row[c] = sanitize_lines(cells[c]);
         if (row[c] == NULL) {
             for (size_t k = 0; k < c; k++)
                 free(row[k]);
@@ -141,6 +156,48 @@ bool sonar_cli_table_add(sonar_cli_table *t, const char *const *cells)
     return true;
 }
 
+/* Width of the widest line of a cell. */
+static size_t cell_width(const char *cell)
+{
+    size_t best = 0;
+    while (cell) {
+        const char *nl = strchr(cell, '\n');
+        size_t len = nl ? (size_t)(nl - cell) : strlen(cell);
+        char *line = strndup(cell, len);
+        size_t w = line ? sonar_cli_text_width(line) : len;
+        free(line);
+        if (w > best)
+            best = w;
+        cell = nl ? nl + 1 : NULL;
+    }
+    return best;
+}
+
+/* Line \p k of a cell (borrowed, up to *len bytes), or "" past its end. */
+static const char *cell_line(const char *cell, size_t k, size_t *len)
+{
+    for (; k > 0 && cell; k--) {
+        cell = strchr(cell, '\n');
+        if (cell)
+            cell++;
+    }
+    if (cell == NULL) {
+        *len = 0;
+        return "";
+    }
+    const char *nl = strchr(cell, '\n');
+    *len = nl ? (size_t)(nl - cell) : strlen(cell);
+    return cell;
+}
+
+static size_t cell_lines(const char *cell)
+{
+    size_t n = 1;
+    for (const char *p = cell; *p; p++)
+        n += *p == '\n';
+    return n;
+}
+
 void sonar_cli_table_print(const sonar_cli_table *t, FILE *out)
 {
     size_t *width = calloc(t->ncols, sizeof *width);
@@ -148,20 +205,40 @@ void sonar_cli_table_print(const sonar_cli_table *t, FILE *out)
         return;
     for (size_t r = 0; r < t->nrows; r++)
         for (size_t c = 0; c < t->ncols; c++) {
-            size_t w = sonar_cli_text_width(t->cells[r * t->ncols + c]);
+            size_t w = cell_width(t->cells[r * t->ncols + c]);
             if (w > width[c])
                 width[c] = w;
         }
     for (size_t r = 0; r < t->nrows; r++) {
-        for (size_t c = 0; c < t->ncols; c++) {
-            const char *cell = t->cells[r * t->ncols + c];
-            fputs(cell, out);
-            if (c + 1 < t->ncols) {
-                size_t pad = width[c] - sonar_cli_text_width(cell) + 2;
-                fprintf(out, "%*s", (int)pad, "");
+        char **row = t->cells + r * t->ncols;
+        size_t lines = 1;
+        for (size_t c = 0; c < t->ncols; c++)
+            if (cell_lines(row[c]) > lines)
+                lines = cell_lines(row[c]);
+        for (size_t k = 0; k < lines; k++) {
+            /* Continuation lines print only up to their last non-empty cell. */
+            size_t last = 0;
+            for (size_t c = 0; c < t->ncols; c++) {
+                size_t len;
+                cell_line(row[c], k, &len);
+                if (len > 0)
+                    last = c;
             }
+            for (size_t c = 0; c <= last; c++) {
+                size_t len;
+                const char *line = cell_line(row[c], k, &len);
+                char *text = strndup(line, len);
+                if (text == NULL)
+                    break;
+                fputs(text, out);
+                if (c < last) {
+                    size_t pad = width[c] - sonar_cli_text_width(text) + 2;
+                    fprintf(out, "%*s", (int)pad, "");
+                }
+                free(text);
+            }
+            fputc('\n', out);
         }
-        fputc('\n', out);
     }
     free(width);
 }
@@ -206,8 +283,9 @@ static void count_checks(const json_t *checks, size_t *total, size_t *failed)
     }
 }
 
-/* New string: "name: message" of every failing check joined by "; ", or "". */
-static char *failing_checks(const json_t *checks)
+/* New string: "name: message" of every failing check, control characters
+ * replaced, joined by \p sep; "" when none failed. */
+static char *failing_checks(const json_t *checks, const char *sep)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -221,9 +299,12 @@ static char *failing_checks(const json_t *checks)
         if (st == NULL || strcmp(st, "pass") == 0)
             continue;
         const char *msg = jstr(c, "message");
-        fprintf(f, "%s%s", n++ ? "; " : "", jstr_or(c, "name", "?"));
-        if (msg && *msg)
-            fprintf(f, ": %s", msg);
+        fputs(n++ ? sep : "", f);
+        put_clean(f, jstr_or(c, "name", "?"));
+        if (msg && *msg) {
+            fputs(": ", f);
+            put_clean(f, msg);
+        }
     }
     fclose(f);
     return buf;
@@ -241,18 +322,21 @@ static char *checks_cell(const json_t *checks)
     return fmt("%zu of %zu failed", failed, total);
 }
 
-/* New string for the REASON column. */
+/* New string for the REASON column: one line per thing to say. */
 static char *reason_cell(const json_t *entry)
 {
     const char *reason = jstr(entry, "reason");
-    char *failing = failing_checks(json_object_get(entry, "checks"));
-    if (failing == NULL)
-        return NULL;
-    bool unregistered = json_is_true(json_object_get(entry, "unregistered"));
-    char *out = fmt("%s%s%s%s%s", unregistered ? "not in the registry" : "",
-                    unregistered && ((reason && *reason) || *failing) ? "; " : "",
-                    reason ? reason : "", reason && *reason && *failing ? "; " : "", failing);
+    char *failing = failing_checks(json_object_get(entry, "checks"), "\n");
+    char *clean_reason = sonar_cli_sanitize(reason ? reason : "");
+    char *out = NULL;
+    if (failing && clean_reason) {
+        bool unregistered = json_is_true(json_object_get(entry, "unregistered"));
+        out = fmt("%s%s%s%s%s", unregistered ? "not in the registry" : "",
+                  unregistered && (*clean_reason || *failing) ? "\n" : "", clean_reason,
+                  *clean_reason && *failing ? "\n" : "", failing);
+    }
     free(failing);
+    free(clean_reason);
     if (out && *out == '\0') {
         free(out);
         out = strdup("-");
@@ -313,32 +397,40 @@ void sonar_cli_print_report(FILE *out, const json_t *report)
             jint(report, "duration_ms", 0));
 }
 
-/* New string summarising an answer (a result or a report entry). */
-static char *answer_summary(const json_t *r)
+/* New string summarising an answer (a result or a report entry), control
+ * characters replaced; the failing checks follow \p lead, separated by
+ * \p sep. */
+static char *answer_summary(const json_t *r, const char *lead, const char *sep)
 {
-    const char *status = jstr_or(r, "status", "?");
+    char *service = sonar_cli_sanitize(jstr_or(r, "service", "?"));
+    char *status = sonar_cli_sanitize(jstr_or(r, "status", "?"));
     size_t total, failed;
     json_t *checks = json_object_get(r, "checks");
     count_checks(checks, &total, &failed);
     int64_t ms = jint(r, "duration_ms", 0);
-    if (strcmp(status, "none") == 0)
-        return fmt("%s: none, no checks on this service (%" PRId64 " ms)",
-                   jstr_or(r, "service", "?"), ms);
-    if (failed == 0)
-        return fmt("%s: %s, %zu check%s passed (%" PRId64 " ms)", jstr_or(r, "service", "?"),
-                   status, total, total == 1 ? "" : "s", ms);
-    char *failing = failing_checks(checks);
-    char *s = fmt("%s: %s, %zu of %zu check%s failed (%" PRId64 " ms): %s",
-                  jstr_or(r, "service", "?"), status, failed, total, total == 1 ? "" : "s", ms,
-                  failing ? failing : "?");
-    free(failing);
+    char *s = NULL;
+    if (service == NULL || status == NULL) {
+        s = NULL;
+    } else if (strcmp(status, "none") == 0) {
+        s = fmt("%s: none, no checks on this service (%" PRId64 " ms)", service, ms);
+    } else if (failed == 0) {
+        s = fmt("%s: %s, %zu check%s passed (%" PRId64 " ms)", service, status, total,
+                total == 1 ? "" : "s", ms);
+    } else {
+        char *failing = failing_checks(checks, sep);
+        s = fmt("%s: %s, %zu of %zu check%s failed (%" PRId64 " ms):%s%s", service, status,
+                failed, total, total == 1 ? "" : "s", ms, lead, failing ? failing : "?");
+        free(failing);
+    }
+    free(service);
+    free(status);
     return s;
 }
 
 void sonar_cli_print_result_line(FILE *out, const json_t *result)
 {
-    char *s = answer_summary(result);
-    put_clean(out, s ? s : "?");
+    char *s = answer_summary(result, "\n    ", "\n    ");
+    fputs(s ? s : "?", out);
     fputc('\n', out);
     free(s);
 }
@@ -651,7 +743,7 @@ static char *event_detail(sonar_cli_event ev, const char *subject, const json_t 
         return s;
     }
     case SONAR_CLI_EV_RESULT: {
-        char *summary = answer_summary(msg);
+        char *summary = answer_summary(msg, " ", "; ");
         char *s = fmt("change %s: %s", jstr_or(msg, "change_id", "?"), summary ? summary : "?");
         free(summary);
         return s;

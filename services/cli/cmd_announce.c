@@ -44,6 +44,7 @@ typedef struct announce {
     bool tty;           /* stdout is a terminal: draw the live progress line */
     bool progress_shown;
     int64_t expected;   /* -1 until the gather message arrives */
+    json_t *expected_names; /* service -> true, from the gather message */
     json_t *answered;   /* responder -> true */
     int64_t deadline;   /* monotonic ms: the gather's end */
 } announce;
@@ -56,6 +57,17 @@ static void clear_progress(announce *a)
     }
 }
 
+/* Answers from expected services (others may answer too, e.g. unregistered). */
+static size_t expected_answers(const announce *a)
+{
+    size_t n = 0;
+    const char *name;
+    json_t *v;
+    json_object_foreach(a->answered, name, v)
+        n += json_object_get(a->expected_names, name) != NULL;
+    return n;
+}
+
 static void draw_progress(announce *a)
 {
     if (!a->tty || a->json)
@@ -65,7 +77,7 @@ static void draw_progress(announce *a)
         left = 0;
     fputs("\r\033[K", stdout);
     if (a->expected >= 0)
-        printf("%zu of %" PRId64 " answered, %" PRId64 " s left", json_object_size(a->answered),
+        printf("%zu of %" PRId64 " answered, %" PRId64 " s left", expected_answers(a),
                a->expected, (left + 999) / 1000);
     else
         printf("%zu answered, waiting for the coordinator...", json_object_size(a->answered));
@@ -82,6 +94,11 @@ static void on_gather(announce *a, const char *data, size_t len)
     json_t *expected = json_object_get(g, "expected");
     if (type && strcmp(type, "sonar.gather.v1") == 0 && json_is_array(expected)) {
         a->expected = (int64_t)json_array_size(expected);
+        size_t i;
+        json_t *name;
+        json_array_foreach(expected, i, name)
+            if (json_is_string(name))
+                json_object_set_new(a->expected_names, json_string_value(name), json_true());
         if (!a->tty && !a->json) {
             printf("waiting for %" PRId64 " service%s to answer\n", a->expected,
                    a->expected == 1 ? "" : "s");
@@ -248,6 +265,18 @@ static int run(announce *a, sonar_bus *bus, const sonar_change_msg *change, json
         } else if (tag == TAG_RESULT) {
             on_result(a, data, len);
         } else {
+            /* Results sent before the report may still sit in another
+             * subscription's delivery thread: show them first. */
+            sonar_cli_queue_settle(q, 1000);
+            natsMsg *late = NULL;
+            int late_tag = 0;
+            while (sonar_cli_queue_pop(q, 0, &late, &late_tag)) {
+                if (late_tag == TAG_RESULT)
+                    on_result(a, natsMsg_GetData(late), (size_t)natsMsg_GetDataLength(late));
+                else if (late_tag == TAG_GATHER)
+                    on_gather(a, natsMsg_GetData(late), (size_t)natsMsg_GetDataLength(late));
+                natsMsg_Destroy(late);
+            }
             clear_progress(a);
             rc = on_reply(a, msg, change_subj, report);
             natsMsg_Destroy(msg);
@@ -300,14 +329,16 @@ int sonar_cmd_announce(int argc, char **argv)
         .tty = isatty(STDOUT_FILENO) == 1,
         .expected = -1,
         .answered = json_object(),
+        .expected_names = json_object(),
     };
     json_t *report = NULL;
     if (!json)
-        printf("announced %s %s at %s as change %s\n", change.service, change.version,
+        printf("announcing %s %s at %s as change %s\n", change.service, change.version,
                change.address, change.change_id);
-    rc = a.answered ? run(&a, bus, &change, &report) : EXIT_ERROR;
+    rc = a.answered && a.expected_names ? run(&a, bus, &change, &report) : EXIT_ERROR;
     sonar_bus_destroy(bus);
     json_decref(a.answered);
+    json_decref(a.expected_names);
     if (report == NULL)
         return rc;
     if (json) {

@@ -15,6 +15,9 @@
 
 enum { TAG_LIVE = 1, TAG_REPLAY };
 
+/* Reports remembered for de-duplication before the memory is reset. */
+#define REPORTS_SEEN_MAX 10000
+
 static const char usage_text[] =
     "usage: sonar watch [service] [--json] [--since DURATION]\n"
     "\n"
@@ -132,7 +135,7 @@ typedef struct watch {
     bool json;
     int64_t started_wall_ms;
     sonar_cli_watch_filter *filter;
-    json_t *replayed_reports; /* change ids of reports shown from the stream */
+    json_t *reports_seen; /* change id -> tag of the path that showed its report */
 } watch;
 
 /* Handles one message from the queue. */
@@ -156,14 +159,20 @@ static void show(watch *w, natsMsg *msg, int tag)
     }
     bool replayed = false;
     if (ev == SONAR_CLI_EV_REPORT) {
-        /* A report can come both from the stream and live: show it once. */
+        /* A report can come both from the stream and live: show it once.
+         * A repeat on the same path (a re-announced change) is shown. */
         const char *cid = json_string_value(json_object_get(v, "change_id"));
-        if (json_object_get(w->replayed_reports, cid)) {
+        json_t *seen = json_object_get(w->reports_seen, cid);
+        if (seen && json_integer_value(seen) != tag) {
             json_decref(v);
             return;
         }
+        if (seen == NULL) {
+            if (json_object_size(w->reports_seen) >= REPORTS_SEEN_MAX)
+                json_object_clear(w->reports_seen);
+            json_object_set_new(w->reports_seen, cid, json_integer(tag));
+        }
         if (tag == TAG_REPLAY) {
-            json_object_set_new(w->replayed_reports, cid, json_true());
             jsMsgMetaData *meta = NULL;
             if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
                 now = meta->Timestamp / 1000000;
@@ -267,14 +276,14 @@ int sonar_cmd_watch(int argc, char **argv)
 
     watch w = {.json = json, .started_wall_ms = sonar_wall_ms()};
     w.filter = sonar_cli_watch_filter_create(service);
-    w.replayed_reports = json_object();
+    w.reports_seen = json_object();
     sonar_bus *bus = NULL;
     sonar_cli_queue *q = NULL;
     jsCtx *js = NULL;
     bool waiter_started = false;
     pthread_t waiter_thread;
     int rc = SONAR_CLI_EXIT_ERROR;
-    if (w.filter == NULL || w.replayed_reports == NULL || (q = sonar_cli_queue_create()) == NULL) {
+    if (w.filter == NULL || w.reports_seen == NULL || (q = sonar_cli_queue_create()) == NULL) {
         rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "out of memory");
         goto cleanup;
     }
@@ -319,6 +328,6 @@ cleanup:
     jsCtx_Destroy(js);
     sonar_bus_destroy(bus);
     sonar_cli_watch_filter_destroy(w.filter);
-    json_decref(w.replayed_reports);
+    json_decref(w.reports_seen);
     return rc;
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -41,6 +42,28 @@ bool test_proc_start(test_proc *p, char *const argv[])
     p->pid = pid;
     p->out_fd = out[0];
     p->err_fd = err[0];
+    p->out = calloc(1, 1);
+    p->err = calloc(1, 1);
+    return p->out && p->err;
+}
+
+bool test_proc_start_pty(test_proc *p, char *const argv[])
+{
+    memset(p, 0, sizeof *p);
+    p->out_fd = p->err_fd = -1;
+    p->exit_code = -1;
+    int master = -1;
+    struct winsize ws = {.ws_row = 24, .ws_col = 120};
+    pid_t pid = forkpty(&master, NULL, NULL, &ws);
+    if (pid < 0)
+        return false;
+    if (pid == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    fcntl(master, F_SETFD, FD_CLOEXEC);
+    p->pid = pid;
+    p->out_fd = master; /* EIO once the child is gone: treated as EOF */
     p->out = calloc(1, 1);
     p->err = calloc(1, 1);
     return p->out && p->err;

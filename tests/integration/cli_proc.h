@@ -22,6 +22,11 @@ typedef struct test_proc {
 /* Starts argv[0] with argv; stdin is /dev/null. Returns false on failure. */
 bool test_proc_start(test_proc *p, char *const argv[]);
 
+/* Like test_proc_start, with stdin, stdout and stderr on a new
+ * pseudo-terminal (isatty is true in the child); everything it writes
+ * lands in p->out (with the terminal's "\r\n" line ends). */
+bool test_proc_start_pty(test_proc *p, char *const argv[]);
+
 /* Reads whatever the child wrote within \p timeout_ms (returns early on
  * output). */
 void test_proc_pump(test_proc *p, int timeout_ms);

@@ -235,6 +235,30 @@ Test(cli, announce_passes_with_exit_0_results_first_then_table, .init = setup, .
     scripted_stop(&s);
 }
 
+Test(cli, announce_on_a_terminal_draws_a_live_progress_line, .init = setup, .fini = teardown)
+{
+    scripted_entry entries[] = {{"orders", SONAR_FAIL, "pick", fail_msg, NULL},
+                                {"menu", SONAR_PASS, "list", "", NULL}};
+    scripted s = {.entries = entries, .n_entries = 2};
+    scripted_start(&s, "chillybin");
+    char *argv[] = {(char *)test_bin("SONAR_CLI_BIN"), "announce", "chillybin", "--address",
+                    "http://x", "--version", "2", "--server", natsd.url, NULL};
+    cr_assert(test_proc_start_pty(&proc, argv));
+    int rc = test_proc_wait(&proc, 30000);
+    cr_assert_eq(rc, 1, "exit %d\n%s", rc, proc.out);
+    /* The progress line is redrawn in place: carriage return + erase line. */
+    cr_assert(strstr(proc.out, "\r\033[K") != NULL, "%s", proc.out);
+    cr_assert(strstr(proc.out, " answered") != NULL, "%s", proc.out);
+    cr_assert(strstr(proc.out, "waiting for 2 services") == NULL, "plain lines only off a terminal");
+    const char *result = strstr(proc.out, "orders: fail");
+    const char *table = strstr(proc.out, "SERVICE");
+    cr_assert(result && table && result < table, "%s", proc.out);
+    /* The progress line is erased before the table: nothing of it is left
+     * on the table's lines. */
+    cr_assert(strstr(table, "answered") == NULL, "%s", table);
+    scripted_stop(&s);
+}
+
 Test(cli, announce_fail_shows_the_check_message_and_exits_1, .init = setup, .fini = teardown)
 {
     scripted_entry entries[] = {{"orders", SONAR_FAIL, "pick", fail_msg, NULL},
@@ -342,6 +366,9 @@ Test(cli, announce_with_unreachable_bus_exits_3, .init = setup, .fini = teardown
     /* The read commands say the same, with their own exit code 3. */
     const char *svc[] = {"services", NULL};
     cr_assert_eq(cli(url, svc), 3);
+    assert_one_line_reason();
+    const char *watch[] = {"watch", NULL};
+    cr_assert_eq(cli(url, watch), 3, "%s", proc.err);
     assert_one_line_reason();
 }
 
@@ -452,8 +479,10 @@ Test(cli, graph_prints_dot, .init = setup, .fini = teardown)
     api_start(&a, "sonar.api.graph",
               "{\"type\":\"sonar.graph.v1\",\"nodes\":[\"orders\",\"chillybin\"],"
               "\"edges\":[{\"from\":\"orders\",\"to\":\"chillybin\",\"checks\":[\"pick\"]}]}");
+    /* The server from NATS_URL when there is no --server. */
+    setenv("NATS_URL", natsd.url, 1);
     const char *args[] = {"graph", NULL};
-    cr_assert_eq(cli(natsd.url, args), 0, "%s", proc.err);
+    cr_assert_eq(cli(NULL, args), 0, "%s", proc.err);
     cr_assert(strncmp(proc.out, "digraph sonar {\n", 16) == 0, "%s", proc.out);
     cr_assert(strstr(proc.out, "\"orders\" -> \"chillybin\" [label=\"pick\"];\n") != NULL);
     cr_assert(strcmp(proc.out + proc.out_len - 2, "}\n") == 0);
@@ -567,14 +596,21 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
     start_watch(extra);
     wait_watch_ready();
     char *reg = register_json("orders", "i1");
+    char *sentinel = register_json("orders", "i2");
     natsConnection_PublishString(nc, "sonar.result.x.y", "garbage");
     natsConnection_PublishString(nc, "sonar.register.orders", reg);
     natsConnection_PublishString(nc, "sonar.register.orders", reg); /* heartbeat: not repeated */
+    natsConnection_PublishString(nc, "sonar.register.orders", sentinel);
+    natsConnection_Flush(nc);
+    free(reg);
+    free(sentinel);
+    /* Same subscription, so in order: once i2 shows, i1's heartbeat was seen. */
+    cr_assert(test_proc_wait_output(&proc, "\"instance\":\"i2\"", 10000), "%s", proc.out);
     natsConnection_PublishString(nc, "sonar.leave.orders",
                                  "{\"type\":\"sonar.leave.v1\",\"service\":\"orders\",\"instance\":\"i1\"}");
     natsConnection_Flush(nc);
-    free(reg);
     cr_assert(test_proc_wait_output(&proc, "\"event\":\"leave\"", 10000), "%s", proc.out);
+    cr_assert(test_proc_wait_output(&proc, "\"event\":\"invalid\"", 10000), "%s", proc.out);
 
     /* Every line is a JSON object; one invalid, one register, one leave. */
     int registers = 0, invalid = 0, leaves = 0;
@@ -583,10 +619,11 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
         json_t *v = json_loads(line, 0, NULL);
         cr_assert_not_null(v, "not JSON: %s", line);
         const char *ev = json_string_value(json_object_get(v, "event"));
-        if (strcmp(ev, "register") == 0) {
+        json_t *m = json_object_get(v, "message");
+        if (strcmp(ev, "register") == 0 &&
+            strcmp(json_string_value(json_object_get(m, "instance")), "i1") == 0) {
             registers++;
-            cr_assert_str_eq(json_string_value(json_object_get(json_object_get(v, "message"),
-                                                               "service")), "orders");
+            cr_assert_str_eq(json_string_value(json_object_get(m, "service")), "orders");
         }
         invalid += strcmp(ev, "invalid") == 0;
         leaves += strcmp(ev, "leave") == 0;

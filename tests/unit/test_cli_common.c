@@ -34,9 +34,9 @@ Test(cli_common, parses_own_and_common_options_in_any_order, .init = reset)
 {
     sonar_cli_args a;
     char err[256] = "";
-    char *argv[] = {"announce", "--address", "http://x:1", "chillybin", "--json",
+    char *argv[32] = {"announce", "--address", "http://x:1", "chillybin", "--json",
                     "--version=2.0.0", "--server", "nats://h:4222", "--user=u", "--password",
-                    "p", "--token", "t", "--creds", "c.creds", "--nkey", "seed", "--tlsca",
+                    "p", "--token", "t", "--creds", "c.creds", "--nkey", "UKEY", "--nkey-seed", "seed", "--tlsca",
                     "ca.pem", "--tlscert", "cert.pem", "--tlskey", "key.pem", "-n", "5", NULL};
     cr_assert(parse(&a, 1, err, sizeof err, argv), "%s", err);
     cr_assert_str_eq(address, "http://x:1");
@@ -50,6 +50,7 @@ Test(cli_common, parses_own_and_common_options_in_any_order, .init = reset)
     cr_assert_str_eq(a.bus.password, "p");
     cr_assert_str_eq(a.bus.token, "t");
     cr_assert_str_eq(a.bus.creds_file, "c.creds");
+    cr_assert_str_eq(a.bus.nkey_public, "UKEY");
     cr_assert_str_eq(a.bus.nkey_seed_file, "seed");
     cr_assert_str_eq(a.bus.tls_ca, "ca.pem");
     cr_assert_str_eq(a.bus.tls_cert, "cert.pem");
@@ -121,4 +122,32 @@ Test(cli_common, json_objects_are_checked_before_use)
     cr_assert(strstr(sonar_cli_last_error(), "not JSON") != NULL);
     cr_assert_null(sonar_cli_parse_object("{\"a\":1,\"a\":2}", 13), "duplicate keys refused");
     cr_assert_null(sonar_cli_parse_object(NULL, 0));
+}
+
+Test(cli_common, error_replies_map_to_statuses_by_body_or_headers)
+{
+    const char *body404 = "{\"type\":\"sonar.error.v1\",\"code\":404,\"message\":\"no change x\"}";
+    cr_assert_eq(sonar_cli_check_error_reply(NULL, body404, strlen(body404)), SONAR_ERR_NOT_FOUND);
+    cr_assert(strstr(sonar_cli_last_error(), "404: no change x") != NULL, "%s",
+              sonar_cli_last_error());
+    const char *body400 = "{\"type\":\"sonar.error.v1\",\"code\":400,\"message\":\"bad\"}";
+    cr_assert_eq(sonar_cli_check_error_reply(NULL, body400, strlen(body400)), SONAR_ERR_INVALID);
+    const char *body503 = "{\"type\":\"sonar.error.v1\",\"code\":503,\"message\":\"busy\"}";
+    cr_assert_eq(sonar_cli_check_error_reply(NULL, body503, strlen(body503)), SONAR_ERR_STATE);
+    const char *broken = "{\"type\":\"sonar.error.v1\",\"code\":\"x\"}";
+    cr_assert_eq(sonar_cli_check_error_reply(NULL, broken, strlen(broken)), SONAR_ERR_PROTOCOL);
+
+    /* Only the ADR-32 headers say it is an error. */
+    cr_assert_eq(nats_Open(-1), NATS_OK);
+    natsMsg *msg = NULL;
+    cr_assert_eq(natsMsg_Create(&msg, "x", NULL, "", 0), NATS_OK);
+    cr_assert_eq(natsMsgHeader_Set(msg, SONAR_HDR_SERVICE_ERROR_CODE, "404"), NATS_OK);
+    cr_assert_eq(natsMsgHeader_Set(msg, SONAR_HDR_SERVICE_ERROR, "gone"), NATS_OK);
+    cr_assert_eq(sonar_cli_check_error_reply(msg, "", 0), SONAR_ERR_NOT_FOUND);
+    cr_assert(strstr(sonar_cli_last_error(), "gone") != NULL);
+    natsMsg_Destroy(msg);
+    nats_Close();
+
+    const char *ok = "{\"type\":\"sonar.graph.v1\",\"nodes\":[],\"edges\":[]}";
+    cr_assert_eq(sonar_cli_check_error_reply(NULL, ok, strlen(ok)), SONAR_OK);
 }

@@ -164,7 +164,7 @@ Test(cli_format, result_lines_summarise_each_answer, .fini = cap_close)
     sonar_cli_print_result_line(cap, json_array_get(results, 1));
     sonar_cli_print_result_line(cap, json_array_get(results, 2));
     const char *out = cap_text();
-    cr_assert(strstr(out, "orders: fail, 1 of 2 checks failed (35 ms): pick: GET /pick") != NULL,
+    cr_assert(strstr(out, "orders: fail, 1 of 2 checks failed (35 ms):\n    pick: GET /pick") != NULL,
               "%s", out);
     cr_assert(strstr(out, "menu: pass, 1 check passed (5 ms)\n") != NULL, "%s", out);
     cr_assert(strstr(out, "billing: none, no checks on this service") != NULL, "%s", out);
@@ -187,6 +187,38 @@ Test(cli_format, table_aligns_by_characters_not_bytes, .fini = cap_close)
     sonar_cli_table_destroy(t);
     sonar_cli_table_destroy(NULL);
     cr_assert_eq(sonar_cli_text_width("\xe2\x86\x92x"), 2);
+}
+
+Test(cli_format, several_failing_checks_get_a_line_each, .fini = cap_close)
+{
+    json_t *r = parse("{\"change_id\":\"c\",\"service\":\"s\",\"verdict\":\"fail\","
+                      "\"results\":[{\"service\":\"jafflr\",\"status\":\"fail\",\"checks\":["
+                      "{\"name\":\"a\",\"status\":\"fail\",\"message\":\"first\\nwrong\"},"
+                      "{\"name\":\"b\",\"status\":\"pass\",\"message\":\"\"},"
+                      "{\"name\":\"c\",\"status\":\"fail\",\"message\":\"second\"}]},"
+                      "{\"service\":\"hello\",\"status\":\"pass\",\"checks\":[]}]}");
+    cap_open();
+    sonar_cli_print_report(cap, r);
+    const char *out = cap_text();
+    /* The second failing check continues the row, aligned under REASON;
+     * a newline inside a message does not break the table. */
+    cr_assert(strstr(out, "SERVICE  STATUS  CHECKS         REASON\n"
+                          "jafflr   fail    2 of 3 failed  a: first wrong\n"
+                          "                                c: second\n"
+                          "hello    pass    -              -\n") != NULL, "%s", out);
+    cap_close();
+    cap_open();
+    sonar_cli_print_result_line(cap, json_array_get(json_object_get(r, "results"), 0));
+    cr_assert_str_eq(cap_text(), "jafflr: fail, 2 of 3 checks failed (0 ms):\n"
+                                 "    a: first wrong\n"
+                                 "    c: second\n");
+    cap_close();
+    cap_open();
+    sonar_cli_print_event(cap, SONAR_CLI_EV_RESULT, "sonar.result.c.jafflr",
+                          json_array_get(json_object_get(r, "results"), 0), 0, false);
+    cr_assert(strstr(cap_text(), "(0 ms): a: first wrong; c: second\n") != NULL, "%s", cap_text());
+    cr_assert_eq(strchr(cap_text(), '\n'), cap_text() + strlen(cap_text()) - 1, "one line in watch");
+    json_decref(r);
 }
 
 Test(cli_format, services_table_lists_instances_versions_and_dependencies, .fini = cap_close)
