@@ -991,7 +991,10 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
             svc->queue_head = j;
         svc->queue_tail = j;
         svc->queue_len++;
-        pthread_cond_signal(&svc->cond);
+        /* Broadcast, not signal: the heartbeat thread waits on the same
+         * condition variable, and a signal that woke it instead of a
+         * worker left the request queued until the next one came in. */
+        pthread_cond_broadcast(&svc->cond);
     }
     pthread_mutex_unlock(&svc->lock);
     if (full) {
