@@ -322,6 +322,9 @@ int choreo_run(choreo_app *app)
     sonar_outbox_config ob_cfg = { .name = app->name };
     sonar_inbox_config in_cfg = { .name = app->consumer, .stream = app->stream,
                                   .filter_subject = app->filter, .fetch_wait_ms = 500,
+                                  /* A message fetched by an instance that then died is
+                                   * redelivered after this: keep it short, handlers are quick. */
+                                  .ack_wait_ms = 5000,
                                   .after_commit = after_commit };
     sonar_service_config cfg = { .name = app->name, .version = app->version,
                                  .address = app->address, .description = app->description };
