@@ -81,6 +81,11 @@ static int stop(test_proc *p, int sig)
     test_proc_signal(p, sig);
     int code = test_proc_wait(p, 15000) ? test_proc_exit_code(p) : -1;
     test_proc_kill(p);
+    /* Under ASan/UBSan a child's report lands in its stderr, not in ours. */
+    char *err = test_proc_stderr(p);
+    cr_expect(strstr(err, "Sanitizer") == NULL && strstr(err, "runtime error") == NULL,
+              "sanitizer report from a child:\n%s", err);
+    free(err);
     free(p);
     return code;
 }
@@ -482,6 +487,9 @@ Test(wells, sigterm_answers_the_creates_in_flight_leaves_the_bus_and_exits_0)
     }
     cr_assert(test_proc_wait(w, 15000), "wells did not exit");
     cr_expect_eq(test_proc_exit_code(w), 0);
+    char *err = test_proc_stderr(w);
+    cr_expect(strstr(err, "Sanitizer") == NULL, "%s", err);
+    free(err);
     natsMsg *m = NULL;
     cr_expect_eq(natsSubscription_NextMsg(&m, leave, 5000), NATS_OK, "no sonar.leave.wells");
     natsMsg_Destroy(m);
