@@ -77,13 +77,14 @@ int sonar_cmd_request(int argc, char **argv)
         if (sonar_cli_check_error_reply(reply, data, len) != SONAR_OK) {
             rc = sonar_cli_die("request", SONAR_CLI_EXIT_NOT_FOUND, "%s", sonar_cli_last_error());
         } else {
+            /* JSON is printed pretty (or --compact), anything else as it came. */
             json_t *v = json_loadb(data, len, JSON_DECODE_ANY, NULL);
+            size_t flags = compact ? JSON_COMPACT : JSON_INDENT(2);
             if (v == NULL)
-                fwrite(data, 1, len, stdout), putchar('\n');
-            else if (compact)
-                json_dumpf(v, stdout, JSON_COMPACT | JSON_ENCODE_ANY), putchar('\n');
+                fwrite(data, 1, len, stdout);
             else
-                sonar_cli_print_json(stdout, v);
+                json_dumpf(v, stdout, flags | JSON_ENCODE_ANY);
+            putchar('\n');
             json_decref(v);
         }
     }

@@ -506,3 +506,56 @@ Test(wells, sigterm_answers_the_creates_in_flight_leaves_the_bus_and_exits_0)
     cr_expect_eq(stop(w, SIGTERM), 0);
     cr_expect_eq(stop(aq, SIGTERM), 0);
 }
+
+/* ---- sonar request (the CLI's way to the endpoints) --------------------------------- */
+
+/* Runs `sonar request ARGS...` against the test server; exit code; stdout, stderr (new). */
+static int sonar_request(const char *const *args, char **out, char **err)
+{
+    const char *argv[12] = { test_bin("SONAR_BIN"), "request", "--server", natsd.url };
+    size_t n = 4;
+    for (size_t i = 0; args[i] != NULL && n < 11; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    test_proc p;
+    int code = test_proc_run(&p, dir, argv, NULL, 15000);
+    *out = test_proc_stdout(&p);
+    *err = test_proc_stderr(&p);
+    return code;
+}
+
+Test(wells, sonar_request_prints_the_reply_and_exits_by_the_outcome)
+{
+    test_proc *aq = aquifers_start();
+    char *out = NULL, *err = NULL;
+    const char *create[] = { "aquifers.create", "{\"name\":\"gab\"}", "--compact", NULL };
+    cr_expect_eq(sonar_request(create, &out, &err), 0, "%s", err);
+    cr_expect(strstr(out, "\"name\":\"gab\"") != NULL, "%s", out);
+    free(out);
+    free(err);
+    cr_expect_eq(sonar_request(create, &out, &err), 1, "a second gab is an error reply");
+    cr_expect(strstr(err, "409") != NULL && strstr(err, "already exists") != NULL, "%s", err);
+    free(out);
+    free(err);
+    const char *nobody[] = { "nobody.home", "{}", "--timeout", "2s", NULL };
+    cr_expect_eq(sonar_request(nobody, &out, &err), 3);
+    cr_expect(strstr(err, "nobody answers") != NULL, "%s", err);
+    free(out);
+    free(err);
+    const char *not_json[] = { "aquifers.create", "{name", NULL };
+    cr_expect_eq(sonar_request(not_json, &out, &err), 2);
+    free(out);
+    free(err);
+    const char *wildcard[] = { "aquifers.*", NULL };
+    cr_expect_eq(sonar_request(wildcard, &out, &err), 2);
+    free(out);
+    free(err);
+    /* Pretty output by default, and $SRV works too. */
+    const char *info[] = { "$SRV.INFO.aquifers", NULL };
+    cr_expect_eq(sonar_request(info, &out, &err), 0, "%s", err);
+    cr_expect(strstr(out, "\"aquifers.create\"") != NULL && strstr(out, "\n  ") != NULL, "%s",
+              out);
+    free(out);
+    free(err);
+    cr_expect_eq(stop(aq, SIGTERM), 0);
+}
