@@ -323,6 +323,48 @@ Test(wells, a_well_for_an_unknown_aquifer_or_with_a_bad_field_is_refused)
     cr_expect_eq(stop(aq, SIGTERM), 0);
 }
 
+/* Inbox figure \p what of aquifers (from $SRV.STATS), -1 if none. */
+static long long aquifers_inbox(const char *what)
+{
+    json_t *r = ask("$SRV.STATS.aquifers", "");
+    long long n = -1;
+    size_t i;
+    json_t *ep;
+    json_array_foreach(json_object_get(r, "endpoints"), i, ep) {
+        json_t *in = json_object_get(json_object_get(ep, "data"), "inbox");
+        if (in != NULL)
+            n = json_integer_value(json_object_get(in, what));
+    }
+    json_decref(r);
+    return n;
+}
+
+Test(wells, garbage_events_are_dead_lettered_and_never_stall_the_real_ones)
+{
+    test_proc *aq = aquifers_start();
+    test_proc *w = wells_start("wells.db", NULL);
+    create_aquifer("gab");
+    cr_assert(TEST_WAIT_UNTIL(wells_knows_an_aquifer("wells"), 15000));
+    /* Captured by the WELLS stream like real events. */
+    const char *garbage[] = { "not json", "{\"type\":\"wells.created.v1\"}",
+                              "{\"type\":\"wells.created.v1\",\"id\":\"x y\",\"aquifer\":\"gab\","
+                              "\"owner\":\"o\",\"depth\":1,\"created\":\"t\"}" };
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(js_Publish(NULL, js, "events.wells.created", garbage[i],
+                                (int)strlen(garbage[i]), NULL, NULL), NATS_OK);
+    jsCtx_Destroy(js);
+    json_decref(create_well("wells", "gab", "ann", 12));
+    cr_expect(TEST_WAIT_UNTIL(aquifer_wells("gab", NULL) == 1, 20000),
+              "the real well did not get past the garbage");
+    cr_expect(TEST_WAIT_UNTIL(aquifers_inbox("dead") == 3, 30000), "dead: %lld",
+              aquifers_inbox("dead"));
+    cr_expect_eq(aquifer_wells("gab", NULL), 1);
+    cr_expect_eq(stop(w, SIGTERM), 0);
+    cr_expect_eq(stop(aq, SIGTERM), 0);
+}
+
 /* ---- aquifers' checks on a wells candidate ---------------------------------------- */
 
 /* Publishes a sonar.check.v1 for wells at \p address; aquifers' sonar.result.v1 (new). */
