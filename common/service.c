@@ -22,6 +22,7 @@
 
 #include "internal.h"
 #include "sonar/http.h"
+#include "sonar/reply.h"
 
 #define SRV_VERBS 3
 #define SRV_SUBS (SRV_VERBS * 3)
@@ -89,6 +90,7 @@ struct sonar_service {
 
     pthread_mutex_t lock;
     pthread_cond_t cond;   /* signalled on stop and when threads/jobs change */
+    pthread_cond_t job_cond; /* endpoint workers only: a job was queued, or stop */
     bool started;
     bool stopping;
     bool stopped;
@@ -176,30 +178,6 @@ static void record_endpoint(endpoint *ep, int64_t elapsed_ns, const char *error)
     pthread_mutex_unlock(&svc->lock);
 }
 
-/* Replies with sonar.error.v1 and the ADR-32 error headers. */
-static sonar_status reply_error(natsConnection *nc, const char *reply, int code, const char *text)
-{
-    if (reply == NULL || *reply == '\0')
-        return SONAR_OK;
-    sonar_error_msg em = {.code = code, .message = (char *)text};
-    char *body = NULL;
-    sonar_status st = sonar_error_encode(&em, &body);
-    if (st != SONAR_OK)
-        return st;
-    char codebuf[16];
-    snprintf(codebuf, sizeof codebuf, "%d", code);
-    natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, reply, NULL, body, (int)strlen(body));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, SONAR_HDR_SERVICE_ERROR, text);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, SONAR_HDR_SERVICE_ERROR_CODE, codebuf);
-    if (s == NATS_OK)
-        s = natsConnection_PublishMsg(nc, m);
-    natsMsg_Destroy(m);
-    free(body);
-    return sonar_bus_status(s, "replying with an error");
-}
 
 /* ---- configuration ------------------------------------------------------ */
 
@@ -230,6 +208,7 @@ sonar_status sonar_service_create(sonar_service **out, sonar_bus *bus,
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&svc->lock, NULL);
     pthread_cond_init(&svc->cond, NULL);
+    pthread_cond_init(&svc->job_cond, NULL);
     svc->bus = bus;
     svc->nc = sonar_bus_nats(bus);
     svc->name = xstrdup(cfg->name);
@@ -744,7 +723,7 @@ static void on_check(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     if (st != SONAR_OK) {
         snprintf(err, sizeof err, "%s", sonar_last_error());
         sonar_log(SONAR_LOG_WARN, "%s: refused a message on %s: %s", svc->name, subject, err);
-        reply_error(svc->nc, reply, 400, err);
+        sonar_reply_error(svc->nc, reply, 400, "%s", err);
         record_endpoint(svc->endpoints[0], sonar_now_ns() - t0, err);
         sonar_check_finish(&cm);
         natsMsg_Destroy(msg);
@@ -810,7 +789,7 @@ static void on_discover(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     if (sonar_discover_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)) != SONAR_OK) {
         sonar_log(SONAR_LOG_WARN, "%s: refused a message on %s: %s", svc->name,
                   natsMsg_GetSubject(msg), sonar_last_error());
-        reply_error(svc->nc, natsMsg_GetReply(msg), 400, sonar_last_error());
+        sonar_reply_error(svc->nc, natsMsg_GetReply(msg), 400, "%s", sonar_last_error());
     } else {
         publish_msg_json(svc, svc->register_subject, svc->registration_json);
     }
@@ -929,7 +908,8 @@ sonar_status sonar_request_respond_error(sonar_request *req, int code, const cha
     va_end(ap);
     req->responded = true;
     req->failed = true;
-    return reply_error(req->ep->svc->nc, natsMsg_GetReply(req->msg), code, req->error_text);
+    return sonar_reply_error(req->ep->svc->nc, natsMsg_GetReply(req->msg), code, "%s",
+                             req->error_text);
 }
 
 static void run_job(job *j)
@@ -940,11 +920,7 @@ static void run_job(job *j)
     sonar_status st = j->ep->fn(&req, j->ep->closure);
     if (!req.responded) {
         const char *detail = sonar_last_error();
-        int code = st == SONAR_ERR_INVALID || st == SONAR_ERR_PROTOCOL || st == SONAR_ERR_VERSION
-                       ? 400
-                   : st == SONAR_ERR_NOT_FOUND ? 404
-                                               : 500;
-        sonar_request_respond_error(&req, code, "%s%s%s", sonar_status_str(st),
+        sonar_request_respond_error(&req, sonar_reply_code(st), "%s%s%s", sonar_status_str(st),
                                     *detail ? ": " : "", detail);
     }
     record_endpoint(j->ep, sonar_now_ns() - t0, req.failed ? req.error_text : NULL);
@@ -958,7 +934,7 @@ static void *worker_thread(void *arg)
     pthread_mutex_lock(&svc->lock);
     for (;;) {
         while (svc->queue_head == NULL && !svc->stopping)
-            pthread_cond_wait(&svc->cond, &svc->lock);
+            pthread_cond_wait(&svc->job_cond, &svc->lock);
         job *j = svc->queue_head;
         if (j == NULL)
             break; /* stopping and drained */
@@ -991,15 +967,14 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
             svc->queue_head = j;
         svc->queue_tail = j;
         svc->queue_len++;
-        /* Broadcast, not signal: the heartbeat thread waits on the same
-         * condition variable, and a signal that woke it instead of a
-         * worker left the request queued until the next one came in. */
-        pthread_cond_broadcast(&svc->cond);
+        /* Its own condition: a signal on svc->cond could wake the heartbeat
+         * thread instead of a worker and leave the job queued. */
+        pthread_cond_signal(&svc->job_cond);
     }
     pthread_mutex_unlock(&svc->lock);
     if (full) {
         free(j);
-        reply_error(svc->nc, natsMsg_GetReply(msg), 503, "service busy or stopping");
+        sonar_reply_error(svc->nc, natsMsg_GetReply(msg), 503, "service busy or stopping");
         record_endpoint(ep, 0, "service busy or stopping");
         natsMsg_Destroy(msg);
     }
@@ -1101,11 +1076,13 @@ sonar_status sonar_service_start(sonar_service *svc)
 }
 
 /* Unsubscribes and waits until the subscription's callbacks have returned. */
-static void close_sub(natsSubscription **sub)
+static void close_sub(natsConnection *nc, natsSubscription **sub)
 {
     if (*sub == NULL)
         return;
-    if (natsSubscription_Drain(*sub) == NATS_OK)
+    /* Draining needs the server: while disconnected it could only time out. */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(*sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(*sub, 5000);
     else
         natsSubscription_Unsubscribe(*sub);
@@ -1129,16 +1106,17 @@ void sonar_service_stop(sonar_service *svc)
     free(json);
     free(subject);
 
-    close_sub(&svc->discover_sub);
+    close_sub(svc->nc, &svc->discover_sub);
     for (int i = 0; i < SRV_SUBS; i++)
-        close_sub(&svc->srv_subs[i]);
+        close_sub(svc->nc, &svc->srv_subs[i]);
     for (size_t i = 0; i < svc->n_endpoints; i++)
-        close_sub(&svc->endpoints[i]->sub);
+        close_sub(svc->nc, &svc->endpoints[i]->sub);
     natsConnection_FlushTimeout(svc->nc, 1000);
 
     pthread_mutex_lock(&svc->lock);
     svc->stopping = true;
     pthread_cond_broadcast(&svc->cond);
+    pthread_cond_broadcast(&svc->job_cond);
     pthread_mutex_unlock(&svc->lock);
     if (svc->heartbeat_running)
         pthread_join(svc->heartbeat, NULL);
@@ -1186,5 +1164,6 @@ void sonar_service_destroy(sonar_service *svc)
     free(svc->metrics);
     pthread_mutex_destroy(&svc->lock);
     pthread_cond_destroy(&svc->cond);
+    pthread_cond_destroy(&svc->job_cond);
     free(svc);
 }

@@ -7,8 +7,9 @@
 #include "gather.h"
 #include "internal.h"
 #include "registry.h"
-#include "reply.h"
+#include "sonar/reply.h"
 #include "sonar/log.h"
+#include "sonar/outbox.h"
 #include "sonar/protocol.h"
 #include "sonar/service.h"
 #include "sonar/util.h"
@@ -27,6 +28,7 @@ struct sonar_coordinator {
     sonar_registry *reg;
     sonar_gatherer *gatherer;
     sonar_service *svc;
+    sonar_outbox *outbox; /* NULL when the server has no JetStream */
     natsSubscription *sub_register, *sub_leave, *sub_report;
 };
 
@@ -325,6 +327,61 @@ static void publish_report(sonar_coordinator *c, const char *service, const char
     free(subject);
 }
 
+/* Stores the report and publishes it on sonar.report.<service>: through the
+ * outbox (in the same transaction, into the SONAR_EVENTS stream) when the
+ * server has JetStream, else directly on core NATS. */
+static sonar_status store_and_publish(sonar_coordinator *c, const sonar_change_msg *ch,
+                                      sonar_outcome verdict, const char *report)
+{
+    if (c->outbox == NULL) {
+        publish_report(c, ch->service, report);
+        return sonar_store_put_report(c->store, ch->change_id, ch->service,
+                                      sonar_outcome_str(verdict), sonar_wall_ms(), report);
+    }
+    char *subject = NULL;
+    sonar_status s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
+    const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
+    if (s == SONAR_OK)
+        s = sonar_store_put_report_event(c->store, ch->change_id, ch->service,
+                                         sonar_outcome_str(verdict), sonar_wall_ms(), report,
+                                         subject, headers);
+    if (s == SONAR_OK)
+        sonar_outbox_notify(c->outbox);
+    free(subject);
+    return s;
+}
+
+static json_t *outbox_stats(void *closure)
+{
+    sonar_coordinator *c = closure;
+    json_t *data = json_object();
+    json_object_set_new(data, "outbox", c->outbox ? sonar_outbox_stats_json(c->outbox) : json_null());
+    return data;
+}
+
+/* Ensures the events stream and starts the outbox relay; without JetStream
+ * sonard still works, publishing reports on core NATS only. */
+static void start_events(sonar_coordinator *c)
+{
+    const char *subjects[] = {SONAR_SUBJ_REPORT_PREFIX "*", SONAR_SUBJ_HEALTH_PREFIX "*", NULL};
+    sonar_stream_config sc = {.name = SONAR_EVENTS_STREAM, .subjects = subjects,
+                              .duplicate_window_ms = 120000,
+                              .max_age_ms = SONAR_EVENTS_MAX_AGE_MS};
+    sonar_outbox_config oc = {.name = SONARD_NAME};
+    if (sonar_stream_ensure(c->nc, &sc) != SONAR_OK) {
+        sonar_log(SONAR_LOG_WARN,
+                  "no %s stream (%s): reports are published on core NATS only, "
+                  "`sonar watch --since` cannot replay them",
+                  SONAR_EVENTS_STREAM, sonar_last_error());
+        return;
+    }
+    if (sonar_outbox_create(&c->outbox, c->nc, c->db_path, &oc) != SONAR_OK) {
+        sonar_log(SONAR_LOG_WARN, "outbox relay not started (%s): reports on core NATS only",
+                  sonar_last_error());
+        c->outbox = NULL;
+    }
+}
+
 static sonar_status on_change(sonar_request *req, void *closure)
 {
     sonar_coordinator *c = closure;
@@ -334,12 +391,15 @@ static sonar_status on_change(sonar_request *req, void *closure)
                                                                               : "";
     if (!sonar_name_valid(name))
         return sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
+    sonar_log(SONAR_LOG_DEBUG, "announcement on %s: %.*s", subject, (int)sonar_request_len(req),
+              sonar_request_data(req));
     sonar_change_msg ch = {0};
     sonar_status s = sonar_change_decode(&ch, sonar_request_data(req), sonar_request_len(req));
     if (s != SONAR_OK)
         return sonar_request_respond_error(req, sonar_reply_code(s), "invalid change: %s",
                                            sonar_last_error());
     char generated[32];
+    bool fresh_id = ch.change_id == NULL;
     sonar_gather *ga = NULL;
     char *report = NULL;
     sonar_outcome verdict = SONAR_INCOMPLETE;
@@ -361,7 +421,9 @@ static sonar_status on_change(sonar_request *req, void *closure)
         ch.timeout_ms = c->cfg.default_timeout_ms;
     /* A retry: the gather still running, else the stored report, else a new gather. */
     if (sonar_gatherer_join(c->gatherer, ch.change_id, &ga) != SONAR_OK) {
-        s = sonar_store_get_report(c->store, ch.change_id, &report);
+        /* An id we just generated cannot have a report yet. */
+        s = fresh_id ? sonar__fail(SONAR_ERR_NOT_FOUND, "new change")
+                     : sonar_store_get_report(c->store, ch.change_id, &report);
         if (s == SONAR_OK) {
             sonar_request_respond(req, report, strlen(report));
             goto out;
@@ -381,14 +443,12 @@ static sonar_status on_change(sonar_request *req, void *closure)
     } else if (joined) {
         sonar_request_respond(req, report, strlen(report));
     } else {
-        /* Stored before the reply: whoever holds the report can look it up. */
-        if (sonar_store_put_report(c->store, ch.change_id, ch.service,
-                                   sonar_outcome_str(verdict), sonar_wall_ms(),
-                                   report) != SONAR_OK)
+        /* Reply first (latency), then publish and store. The gather stays in
+         * the table until stored, so a retry meanwhile joins it. */
+        sonar_request_respond(req, report, strlen(report));
+        if (store_and_publish(c, &ch, verdict, report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
-        sonar_request_respond(req, report, strlen(report));
-        publish_report(c, ch.service, report);
         sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
                   ch.version, sonar_outcome_str(verdict));
     }
@@ -413,12 +473,16 @@ static sonar_status subscribe(sonar_coordinator *c, natsSubscription **sub, cons
     return ns == NATS_OK ? SONAR_OK : sonar_bus_status(ns, subject);
 }
 
-static void drain(natsSubscription *sub)
+static void drain(natsConnection *nc, natsSubscription *sub)
 {
     if (sub == NULL)
         return;
-    if (natsSubscription_Drain(sub) == NATS_OK)
+    /* Draining needs the server: while disconnected it could only time out. */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(sub, 5000);
+    else
+        natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
 }
 
@@ -439,6 +503,13 @@ static sonar_status add_endpoints(sonar_coordinator *c)
         s = sonar_service_add_endpoint(c->svc, eps[i].name, eps[i].subject, SONARD_NAME,
                                        eps[i].fn, c);
     return s;
+}
+
+/* Pruning runs every quarter of the retention, between 100 ms and a minute. */
+static int64_t prune_interval(int64_t retention_ms)
+{
+    int64_t every = retention_ms / 4;
+    return every < 100 ? 100 : every > 60000 ? 60000 : every;
 }
 
 sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
@@ -463,18 +534,23 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
     if (s == SONAR_OK)
         s = sonar_store_load(c->store, restore_service, restore_instance, c);
     if (s == SONAR_OK)
-        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, 60 * 1000);
+        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, prune_interval(c->cfg.retention_ms));
     if (s == SONAR_OK) {
         sonar_service_config sc = {
             .name = SONARD_NAME,
             .version = c->version,
             .description = "sonar coordinator: gathers checks for announced changes",
             .endpoint_workers = cfg->workers,
+            .no_check_endpoint = true, /* a coordinator does not answer checks */
         };
         s = sonar_service_create(&c->svc, bus, &sc);
     }
     if (s == SONAR_OK)
         s = add_endpoints(c);
+    if (s == SONAR_OK) {
+        start_events(c);
+        s = sonar_service_set_endpoint_stats(c->svc, "change", outbox_stats, c);
+    }
     if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
     if (s == SONAR_OK)
@@ -516,10 +592,11 @@ void sonar_coordinator_stop(sonar_coordinator *c)
         return;
     if (c->gatherer != NULL)
         sonar_gatherer_cancel_all(c->gatherer);
-    drain(c->sub_register);
-    drain(c->sub_leave);
-    drain(c->sub_report);
+    drain(c->nc, c->sub_register);
+    drain(c->nc, c->sub_leave);
+    drain(c->nc, c->sub_report);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
+    sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
     sonar_gatherer_destroy(c->gatherer);
     sonar_store_close(c->store);
     sonar_registry_destroy(c->reg);

@@ -1,6 +1,8 @@
 /* sonard's SQLite store and its writer thread. */
 #include "store.h"
 
+#include "sonar/outbox.h"
+
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -57,10 +59,42 @@ struct sonar_store {
     pthread_cond_t qcond;        /* jobs queued or stopping */
     pthread_cond_t synced;       /* a sync job completed */
     job *head, *tail;
+    size_t queued;               /* jobs in the queue */
+    uint64_t dropped;            /* jobs refused because the queue was full */
     bool running, stopping;
     pthread_t thread;
     int64_t retention_ms, prune_every_ms;
+    /* Prepared statements of the hot paths, keyed by their SQL text's address. */
+    struct {
+        const char *sql;
+        sqlite3_stmt *q;
+    } cache[8];
 };
+
+/* A prepared statement for `sql` (a static string), reset and ready; under st->mu. */
+static sqlite3_stmt *cached(sonar_store *st, const char *sql)
+{
+    size_t n = sizeof st->cache / sizeof st->cache[0];
+    for (size_t i = 0; i < n; i++) {
+        if (st->cache[i].sql == sql) {
+            sqlite3_reset(st->cache[i].q);
+            sqlite3_clear_bindings(st->cache[i].q);
+            return st->cache[i].q;
+        }
+    }
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &q, NULL) != SQLITE_OK)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (st->cache[i].sql == NULL) {
+            st->cache[i].sql = sql;
+            st->cache[i].q = q;
+            return q;
+        }
+    }
+    SONAR_REQUIRE(!"statement cache too small");
+    return NULL;
+}
 
 static sonar_status db_fail(sonar_store *st, const char *what)
 {
@@ -139,7 +173,7 @@ sonar_status sonar_store_open(sonar_store **out, const char *path)
     }
     sqlite3_busy_timeout(st->db, 5000);
     if ((s = exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")) != SONAR_OK ||
-        (s = migrate(st)) != SONAR_OK) {
+        (s = migrate(st)) != SONAR_OK || (s = sonar_outbox_migrate(st->db)) != SONAR_OK) {
         char why[900];
         snprintf(why, sizeof why, "%s", sonar_last_error());
         sonar__fail(s, "database %s: %s", path, why);
@@ -167,8 +201,8 @@ sonar_status sonar_store_schema_version(sonar_store *st, int *out)
 /* Binds text (NULL as ''), ints, in order: "t" text, "i" int64. */
 static sonar_status run(sonar_store *st, const char *sql, const char *fmt, ...)
 {
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
+    sqlite3_stmt *q = cached(st, sql);
+    if (q == NULL)
         return db_fail(st, "prepare");
     va_list ap;
     va_start(ap, fmt);
@@ -182,10 +216,9 @@ static sonar_status run(sonar_store *st, const char *sql, const char *fmt, ...)
     }
     va_end(ap);
     int rc = sqlite3_step(q);
-    sqlite3_finalize(q);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return db_fail(st, "step");
-    return SONAR_OK;
+    sonar_status s = rc == SQLITE_DONE || rc == SQLITE_ROW ? SONAR_OK : db_fail(st, "step");
+    sqlite3_reset(q);
+    return s;
 }
 
 static const char sql_service[] =
@@ -243,6 +276,31 @@ sonar_status sonar_store_put_report(sonar_store *st, const char *change_id, cons
     return s;
 }
 
+sonar_status sonar_store_put_report_event(sonar_store *st, const char *change_id,
+                                          const char *service, const char *verdict,
+                                          int64_t wall_ms, const char *report_json,
+                                          const char *subject, const char *const *headers)
+{
+    pthread_mutex_lock(&st->mu);
+    sonar_status s = exec(st, "BEGIN IMMEDIATE");
+    if (s == SONAR_OK)
+        s = run(st, sql_report, "tttit", change_id, service, verdict, wall_ms, report_json);
+    /* A report already stored (a retry) is not published twice. */
+    if (s == SONAR_OK && sqlite3_changes(st->db) > 0)
+        s = sonar_outbox_enqueue(NULL, st->db, subject, report_json, strlen(report_json),
+                                 headers);
+    if (s == SONAR_OK) {
+        s = exec(st, "COMMIT");
+    } else {
+        char why[900];
+        snprintf(why, sizeof why, "%s", sonar_last_error());
+        exec(st, "ROLLBACK");
+        sonar__fail(s, "%s", why);
+    }
+    pthread_mutex_unlock(&st->mu);
+    return s;
+}
+
 sonar_status sonar_store_prune(sonar_store *st, int64_t before_wall_ms, int64_t now_wall_ms,
                                size_t *out_deleted)
 {
@@ -273,14 +331,15 @@ sonar_status sonar_store_prune(sonar_store *st, int64_t before_wall_ms, int64_t 
     return s;
 }
 
+static const char sql_get_report[] = "SELECT report FROM reports WHERE change_id = ?1";
+
 sonar_status sonar_store_get_report(sonar_store *st, const char *change_id, char **out)
 {
     sonar_status s = SONAR_OK;
     char *text = NULL;
     sqlite3_stmt *q = NULL;
     pthread_mutex_lock(&st->mu);
-    if (sqlite3_prepare_v2(st->db, "SELECT report FROM reports WHERE change_id = ?1", -1, &q,
-                           NULL) != SQLITE_OK) {
+    if ((q = cached(st, sql_get_report)) == NULL) {
         s = db_fail(st, "prepare");
         goto out;
     }
@@ -296,7 +355,7 @@ sonar_status sonar_store_get_report(sonar_store *st, const char *change_id, char
         s = db_fail(st, "reading a report");
     }
 out:
-    sqlite3_finalize(q);
+    sqlite3_reset(q);
     pthread_mutex_unlock(&st->mu);
     if (s == SONAR_OK)
         *out = text;
@@ -468,6 +527,7 @@ static void *writer_main(void *arg)
         }
         job *batch = st->head;
         st->head = st->tail = NULL;
+        st->queued = 0;
         bool stop = st->stopping;
         pthread_mutex_unlock(&st->qmu);
         if (batch != NULL)
@@ -516,7 +576,19 @@ static sonar_status enqueue(sonar_store *st, job *j)
     }
     pthread_mutex_lock(&st->qmu);
     bool running = st->running && !st->stopping;
+    if (running && st->queued >= SONARD_WRITER_QUEUE_MAX) {
+        /* The database cannot keep up: registrations come again with the next
+         * heartbeat, so dropping is better than growing without bound. */
+        bool first = st->dropped++ == 0;
+        pthread_mutex_unlock(&st->qmu);
+        job_free(j);
+        if (first)
+            sonar_log(SONAR_LOG_WARN, "store: writer queue full (%d jobs): dropping writes",
+                      SONARD_WRITER_QUEUE_MAX);
+        return sonar__fail(SONAR_ERR_LIMIT, "store: writer queue full");
+    }
     if (running) {
+        st->queued++;
         if (st->tail)
             st->tail->next = j;
         else
@@ -620,6 +692,8 @@ void sonar_store_close(sonar_store *st)
         pthread_join(st->thread, NULL);
         st->running = false;
     }
+    for (size_t i = 0; i < sizeof st->cache / sizeof st->cache[0]; i++)
+        sqlite3_finalize(st->cache[i].q);
     sqlite3_close(st->db);
     pthread_mutex_destroy(&st->mu);
     pthread_mutex_destroy(&st->qmu);

@@ -31,6 +31,8 @@
 
 /** Current schema version written by this build. */
 #define SONARD_SCHEMA_VERSION 2
+/** Most jobs the writer queue holds; beyond it enqueues fail with SONAR_ERR_LIMIT. */
+#define SONARD_WRITER_QUEUE_MAX 100000
 /** Rows deleted per transaction when pruning. */
 #define SONARD_PRUNE_BATCH 500
 
@@ -69,6 +71,18 @@ sonar_status sonar_store_delete_instance(sonar_store *st, const char *service,
  */
 sonar_status sonar_store_put_report(sonar_store *st, const char *change_id, const char *service,
                                     const char *verdict, int64_t wall_ms, const char *report_json);
+
+/**
+ * \brief Stores a report and, in the same SQLite transaction, enqueues it in
+ *        the outbox (libsonar outbox.h) for \p subject with \p headers, so the
+ *        report is published to JetStream exactly when it is stored. A change
+ *        id already stored is neither stored nor enqueued again.
+ * \param headers NULL-terminated "Name", "value" pairs (borrowed) or NULL.
+ */
+sonar_status sonar_store_put_report_event(sonar_store *st, const char *change_id,
+                                          const char *service, const char *verdict,
+                                          int64_t wall_ms, const char *report_json,
+                                          const char *subject, const char *const *headers);
 
 /**
  * \brief Deletes reports created before \p before_wall_ms and instances
@@ -123,7 +137,9 @@ sonar_status sonar_store_start_writer(sonar_store *st, int64_t retention_ms,
 
 /**
  * \brief Queues a registration: upserts the service and the instance.
- *        All strings copied. Safe on NATS threads (no SQLite).
+ *        All strings copied. Safe on NATS threads (no SQLite). Every
+ *        enqueue fails with SONAR_ERR_LIMIT while SONARD_WRITER_QUEUE_MAX
+ *        jobs wait (a warning is logged once).
  */
 sonar_status sonar_store_enqueue_register(sonar_store *st, const char *service,
                                           const char *version, const char *depends_on_json,

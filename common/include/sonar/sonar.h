@@ -10,6 +10,7 @@
 #include "sonar/protocol.h"
 #include "sonar/bus.h"
 #include "sonar/service.h"
+#include "sonar/reply.h"
 #include "sonar/http.h"
 #include "sonar/checktable.h"
 #include "sonar/log.h"
@@ -17,5 +18,6 @@
 #include "sonar/promtext.h"
 #include "sonar/health.h"
 #include "sonar/inbox.h"
+#include "sonar/statusstore.h"
 
 #endif
