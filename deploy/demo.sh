@@ -12,7 +12,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/build
+# SONAR_BUILD_DIR picks another build (the test suite runs the demo on its own).
+BIN=${SONAR_BUILD_DIR:-$ROOT/build}
 KEEP=0
 for a in "$@"; do
     case $a in
@@ -87,7 +88,9 @@ wait_for "the gateway" 10 curl -sf "$GW_URL/health"
 say "GET /api/v1/graph → $(curl -s "$GW_URL/api/v1/graph")"
 
 step "a customer orders a cheese toastie from jafflr (which picks from chillybin)"
+say "stock before: $(curl -s "http://127.0.0.1:$CHILLY_PORT/")"
 say "GET /toastie?i=cheese → $(curl -s "http://127.0.0.1:$JAFFLR_PORT/toastie?i=cheese")"
+say "stock after:  $(curl -s "http://127.0.0.1:$CHILLY_PORT/")"
 
 step "wells and aquifers: an aquifer, then five wells (events through outbox → JetStream → inbox)"
 say "\$ sonar request aquifers.create '{\"name\":\"gab\",\"region\":\"Great Artesian Basin\"}'"
