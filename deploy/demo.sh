@@ -62,6 +62,7 @@ wait_for() {
 NATS_PORT=$(free_port)
 export NATS_URL=nats://127.0.0.1:$NATS_PORT
 SONAR="$BIN/services/cli/sonar"
+export SONAR_BIN=$SONAR   # deploy/gate uses the same build
 CHILLY_PORT=$(free_port); JAFFLR_PORT=$(free_port); CAND_V2=$(free_port); CAND_NOME=$(free_port)
 GW_PORT=$(free_port); GW_URL=http://127.0.0.1:$GW_PORT
 
