@@ -30,18 +30,45 @@
 
 /* ---- Schema ------------------------------------------------------------ */
 
-static const char schema_v2[] =
-    "CREATE TABLE IF NOT EXISTS sonar_outbox ("
-    "  id INTEGER PRIMARY KEY AUTOINCREMENT," /* never reused: ids are message ids */
-    "  subject TEXT NOT NULL,"
-    "  payload BLOB NOT NULL,"
-    "  headers TEXT,"
-    "  created_ms INTEGER NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0,"
+/* The pending table. No AUTOINCREMENT (it costs every insert a write to
+ * sqlite_sequence): SQLite gives a new row max(id)+1, so an id can only be
+ * handed out again if the row holding the highest id leaves the table. The
+ * trigger puts a *ceiling row* (empty subject, never published) back at
+ * that id whenever the highest row is deleted, by anyone, so max(id) never
+ * goes down and no id is ever reused; older ceiling rows are removed as
+ * soon as a higher row is deleted. Inserts pay nothing for this (the
+ * partial index holds ceiling rows only). Argument: docs/outbox.md. */
+#define OUTBOX_TABLE_SQL                                                                        \
+    "CREATE TABLE IF NOT EXISTS sonar_outbox ("                                                 \
+    "  id INTEGER PRIMARY KEY,"                                                                 \
+    "  subject TEXT NOT NULL,"                                                                  \
+    "  payload BLOB NOT NULL,"                                                                  \
+    "  headers TEXT,"                                                                           \
+    "  created_ms INTEGER NOT NULL,"                                                            \
+    "  attempts INTEGER NOT NULL DEFAULT 0,"                                                    \
     "  last_error TEXT);"
+#define OUTBOX_CEILING_SQL                                                                      \
+    "CREATE INDEX IF NOT EXISTS sonar_outbox_ceiling ON sonar_outbox(id) WHERE subject = '';"   \
+    "CREATE TRIGGER IF NOT EXISTS sonar_outbox_keep_ceiling AFTER DELETE ON sonar_outbox"       \
+    " BEGIN"                                                                                    \
+    "  INSERT INTO sonar_outbox(id, subject, payload, created_ms, last_error)"                  \
+    "   SELECT old.id, '', x'', 0, 'ceiling row: keeps row ids from being reused'"              \
+    "   WHERE old.id > coalesce((SELECT max(id) FROM sonar_outbox), 0);"                        \
+    "  DELETE FROM sonar_outbox WHERE subject = '' AND id < old.id;"                            \
+    " END;"
+/* Pending rows, ceiling rows excluded. */
+#define PENDING_WHERE "subject <> ''"
+/* Their number: count(*) is a fast b-tree count, ceiling rows come from the
+ * partial index. */
+#define PENDING_COUNT_SQL                                                                       \
+    "(SELECT count(*) FROM sonar_outbox) -"                                                     \
+    " (SELECT count(*) FROM sonar_outbox WHERE subject = '')"
+
+static const char schema_v3[] =
+    OUTBOX_TABLE_SQL OUTBOX_CEILING_SQL
     /* Published rows kept for the retention period (none by default). A
      * separate table keeps the pending table free of secondary indexes:
-     * enqueue is one B-tree insert plus the AUTOINCREMENT counter. */
+     * enqueue is one B-tree insert. */
     "CREATE TABLE IF NOT EXISTS sonar_outbox_sent ("
     "  id INTEGER PRIMARY KEY,"
     "  subject TEXT NOT NULL,"
@@ -78,6 +105,30 @@ static sonar_status upgrade_v1(sqlite3 *db)
         "  coalesce(stream_seq, 0) FROM sonar_outbox WHERE sent_ms IS NOT NULL;"
         "DELETE FROM sonar_outbox WHERE sent_ms IS NOT NULL;"
         "UPDATE sonar_outbox_meta SET value='2' WHERE key='schema_version';";
+    return sonar__db_exec(db, sql);
+}
+
+/* Version 2 had `id INTEGER PRIMARY KEY AUTOINCREMENT`; version 3 drops
+ * AUTOINCREMENT (a table must be rebuilt for that) and adds the ceiling
+ * row. Every row keeps its id, so a row published before the upgrade and
+ * retried after it has the same message id. The last id ever handed out
+ * (sqlite_sequence) becomes the ceiling, so ids continue above it. */
+static sonar_status upgrade_v2(sqlite3 *db)
+{
+    static const char sql[] =
+        "CREATE TABLE sonar_outbox_v3 ("
+        "  id INTEGER PRIMARY KEY, subject TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT,"
+        "  created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);"
+        "INSERT INTO sonar_outbox_v3(id, subject, payload, headers, created_ms, attempts,"
+        "  last_error) SELECT id, subject, payload, headers, created_ms, attempts, last_error"
+        "  FROM sonar_outbox ORDER BY id;"
+        "INSERT INTO sonar_outbox_v3(id, subject, payload, created_ms, last_error)"
+        "  SELECT seq, '', x'', 0, 'ceiling row: keeps row ids from being reused'"
+        "  FROM sqlite_sequence WHERE name = 'sonar_outbox'"
+        "  AND seq > coalesce((SELECT max(id) FROM sonar_outbox_v3), 0);"
+        "DROP TABLE sonar_outbox;"
+        "ALTER TABLE sonar_outbox_v3 RENAME TO sonar_outbox;" OUTBOX_CEILING_SQL
+        "UPDATE sonar_outbox_meta SET value='3' WHERE key='schema_version';";
     return sonar__db_exec(db, sql);
 }
 
@@ -122,10 +173,12 @@ sonar_status sonar_outbox_migrate(sqlite3 *db)
                         SONAR_OUTBOX_SCHEMA_VERSION);
     if (s == SONAR_OK && found && atoi(ver) == 1)
         s = upgrade_v1(db);
+    if (s == SONAR_OK && found && atoi(ver) <= 2)
+        s = upgrade_v2(db);
     if (s == SONAR_OK && !found) {
         char id[23], sql[512];
         sonar_random_id(id);
-        s = sonar__db_exec(db, schema_v2);
+        s = sonar__db_exec(db, schema_v3);
         snprintf(sql, sizeof sql,
                  "INSERT INTO sonar_outbox_meta(key, value) VALUES"
                  " ('schema_version', '%d'), ('outbox_id', '%s'), ('published', '0'),"
@@ -212,12 +265,14 @@ static sonar_status headers_to_json(const char *const *headers, char **out)
     return *out ? SONAR_OK : sonar__fail(SONAR_ERR_NOMEM, "out of memory");
 }
 
-sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subject,
-                                  const void *payload, size_t len,
-                                  const char *const *headers)
+#define INSERT_SQL                                                                              \
+    "INSERT INTO sonar_outbox(subject, payload, headers, created_ms) VALUES (?1, ?2, ?3, ?4)"
+#define NOT_MIGRATED_HINT "(did sonar_outbox_migrate run?)"
+
+/* Checks an event and encodes its headers (*hjson: new, or NULL). */
+static sonar_status enqueue_check(const char *subject, const void *payload, size_t len,
+                                  const char *const *headers, char **hjson)
 {
-    if (db == NULL)
-        return sonar__fail(SONAR_ERR_INVALID, "outbox enqueue: db is NULL");
     if (!sonar_outbox_subject_valid(subject))
         return sonar__fail(SONAR_ERR_INVALID,
                            "outbox enqueue: subject \"%.80s\" is not a concrete NATS subject "
@@ -228,18 +283,15 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
     if (len > SONAR_OUTBOX_MAX_PAYLOAD)
         return sonar__fail(SONAR_ERR_LIMIT, "outbox enqueue: payload of %zu bytes exceeds %d",
                            len, SONAR_OUTBOX_MAX_PAYLOAD);
-    char *hjson = NULL;
-    sonar_status s = headers_to_json(headers, &hjson);
-    if (s != SONAR_OK)
-        return s;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v3(db,
-                           "INSERT INTO sonar_outbox(subject, payload, headers, created_ms)"
-                           " VALUES (?1, ?2, ?3, ?4)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
-        free(hjson);
-        return sonar__db_fail(db, "outbox enqueue (did sonar_outbox_migrate run?)");
-    }
+    return headers_to_json(headers, hjson);
+}
+
+/* Binds and runs the prepared INSERT \p st, then resets it. */
+static sonar_status enqueue_run(int64_t *out_id, sqlite3 *db, sqlite3_stmt *st,
+                                const char *subject, const void *payload, size_t len,
+                                const char *hjson)
+{
+    sonar_status s = SONAR_OK;
     sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
     sqlite3_bind_blob64(st, 2, len ? payload : "", len, SQLITE_STATIC);
     if (hjson)
@@ -247,14 +299,78 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
     else
         sqlite3_bind_null(st, 3);
     sqlite3_bind_int64(st, 4, sonar_wall_ms());
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
+    if (sqlite3_step(st) != SQLITE_DONE)
         s = sonar__db_fail(db, "outbox enqueue");
     else if (out_id)
         *out_id = sqlite3_last_insert_rowid(db);
+    sqlite3_reset(st);
+    return s;
+}
+
+sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subject,
+                                  const void *payload, size_t len,
+                                  const char *const *headers)
+{
+    if (db == NULL)
+        return sonar__fail(SONAR_ERR_INVALID, "outbox enqueue: db is NULL");
+    char *hjson = NULL;
+    sonar_status s = enqueue_check(subject, payload, len, headers, &hjson);
+    if (s != SONAR_OK)
+        return s;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, INSERT_SQL, -1, &st, NULL) != SQLITE_OK) {
+        free(hjson);
+        return sonar__db_fail(db, "outbox enqueue " NOT_MIGRATED_HINT);
+    }
+    s = enqueue_run(out_id, db, st, subject, payload, len, hjson);
     sqlite3_finalize(st);
     free(hjson);
     return s;
+}
+
+struct sonar_outbox_writer {
+    sqlite3 *db;
+    sqlite3_stmt *insert;
+};
+
+sonar_status sonar_outbox_writer_create(sonar_outbox_writer **out, sqlite3 *db)
+{
+    if (out == NULL || db == NULL)
+        return sonar__fail(SONAR_ERR_INVALID, "outbox writer: out and db are required");
+    sonar_outbox_writer *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    w->db = db;
+    if (sqlite3_prepare_v3(db, INSERT_SQL, -1, SQLITE_PREPARE_PERSISTENT, &w->insert, NULL) !=
+        SQLITE_OK) {
+        sonar_status s = sonar__db_fail(db, "outbox writer " NOT_MIGRATED_HINT);
+        free(w);
+        return s;
+    }
+    *out = w;
+    return SONAR_OK;
+}
+
+sonar_status sonar_outbox_writer_enqueue(int64_t *out_id, sonar_outbox_writer *w,
+                                         const char *subject, const void *payload, size_t len,
+                                         const char *const *headers)
+{
+    if (w == NULL)
+        return sonar__fail(SONAR_ERR_INVALID, "outbox enqueue: writer is NULL");
+    char *hjson = NULL;
+    sonar_status s = enqueue_check(subject, payload, len, headers, &hjson);
+    if (s == SONAR_OK)
+        s = enqueue_run(out_id, w->db, w->insert, subject, payload, len, hjson);
+    free(hjson);
+    return s;
+}
+
+void sonar_outbox_writer_destroy(sonar_outbox_writer *w)
+{
+    if (w == NULL)
+        return;
+    sqlite3_finalize(w->insert);
+    free(w);
 }
 
 /* ---- Relay ------------------------------------------------------------- */
@@ -939,8 +1055,9 @@ static void refresh_pending(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int64_t pending = 0, oldest = 0, dead = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "SELECT (SELECT count(*) FROM sonar_outbox),"
-                           " (SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1),"
+                           "SELECT " PENDING_COUNT_SQL ","
+                           " (SELECT created_ms FROM sonar_outbox WHERE " PENDING_WHERE
+                           " ORDER BY id LIMIT 1),"
                            " (SELECT count(*) FROM sonar_outbox_dead)",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
@@ -996,7 +1113,7 @@ static void warn_beyond_window(sonar_outbox *ob)
     int64_t n = 0;
     char sql[160];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM sonar_outbox WHERE attempts > 0"
+             "SELECT count(*) FROM sonar_outbox WHERE attempts > 0 AND " PENDING_WHERE
              " AND created_ms < %" PRId64,
              sonar_wall_ms() - ob->cfg.duplicate_window_ms);
     if (sonar__db_int(ob->db, sql, NULL, 0, &n) == SONAR_OK && n > 0)
@@ -1307,7 +1424,7 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
                               "SELECT id, subject, payload, headers, created_ms FROM sonar_outbox"
-                              " WHERE id > ?3 AND subject NOT IN"
+                              " WHERE id > ?3 AND " PENDING_WHERE " AND subject NOT IN"
                               " (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
                               &ob->st_select);
     if (s == SONAR_OK)
@@ -1436,10 +1553,10 @@ sonar_status sonar_outbox_db_status_read(sonar_outbox_db_status *out, const char
     if (s == SONAR_OK && (s = meta_get(db, "schema_version", buf, sizeof buf, &found)) == SONAR_OK)
         r.schema_version = found ? atoi(buf) : 0;
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox", NULL, 0,
-                          &r.pending);
+        s = sonar__db_int(db, "SELECT " PENDING_COUNT_SQL, NULL, 0, &r.pending);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1",
+        s = sonar__db_int(db, "SELECT created_ms FROM sonar_outbox WHERE " PENDING_WHERE
+                          " ORDER BY id LIMIT 1",
                           NULL, 0, &oldest);
     if (s == SONAR_OK)
         s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_sent",
@@ -1577,9 +1694,12 @@ static sonar_status dead_apply(const char *db_path, int64_t id, const char *move
 sonar_status sonar_outbox_requeue(const char *db_path, int64_t id)
 {
     return dead_apply(db_path, id,
-                      "INSERT INTO sonar_outbox(id, subject, payload, headers, created_ms)"
-                      " SELECT id, subject, payload, headers, created_ms FROM sonar_outbox_dead"
-                      " WHERE id=?1",
+                      /* The row may have held the highest id: then a ceiling row
+                       * holds its place, and the requeued row replaces it. */
+                      "INSERT OR REPLACE INTO sonar_outbox(id, subject, payload, headers,"
+                      " created_ms) SELECT id, subject, payload, headers, created_ms"
+                      " FROM sonar_outbox_dead WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM"
+                      " sonar_outbox WHERE id=?1 AND " PENDING_WHERE ")",
                       "requeueing a dead-letter row");
 }
 

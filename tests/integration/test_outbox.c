@@ -237,6 +237,84 @@ Test(outbox, rolled_back_transaction_publishes_nothing)
     sqlite3_close(db);
 }
 
+Test(outbox, writer_rolled_back_publishes_nothing_and_committed_rows_flow)
+{
+    ensure_stream("EV", "ev.>");
+    sqlite3 *db = migrated_db();
+    sonar_outbox *ob = NULL;
+    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
+    sonar_outbox_writer *w = NULL;
+    cr_assert_eq(sonar_outbox_writer_create(&w, db), SONAR_OK, "%s", sonar_last_error());
+    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    cr_assert_eq(sonar_outbox_writer_enqueue(NULL, w, "ev.rolled", "never", 5, NULL), SONAR_OK);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    sonar_outbox_notify(ob);
+    const char *hdrs[] = {"X-Kind", "kept", NULL};
+    for (int i = 0; i < 3; i++) {
+        char data[8];
+        snprintf(data, sizeof data, "k%d", i);
+        sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+        cr_assert_eq(sonar_outbox_writer_enqueue(NULL, w, "ev.kept", data, strlen(data), hdrs),
+                     SONAR_OK, "%s", sonar_last_error());
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        sonar_outbox_notify(ob);
+    }
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published >= 3, 10000));
+    sonar_outbox_destroy(ob);
+    tu_msg *msgs = NULL;
+    long n = tu_read_stream(nc, "EV", &msgs);
+    cr_assert_eq(n, 3, "the rolled-back event was published, or a committed one lost");
+    for (long i = 0; i < n; i++) {
+        char data[8];
+        snprintf(data, sizeof data, "k%ld", i);
+        cr_assert_str_eq(msgs[i].subject, "ev.kept");
+        cr_assert_str_eq(msgs[i].data, data);
+    }
+    free(msgs);
+    sonar_outbox_writer_destroy(w);
+    cr_assert_eq(sqlite3_close(db), SQLITE_OK, "the writer kept the connection busy");
+}
+
+/* Message ids come from row ids; once the relay has deleted every row the
+ * table is empty, and a new row must still get an id never used before,
+ * else the server drops the new event as a duplicate of the old one. */
+Test(outbox, row_ids_stay_unique_after_the_relay_emptied_the_table)
+{
+    ensure_stream("EV", "ev.>");
+    sqlite3 *db = migrated_db();
+    sonar_outbox *ob = NULL;
+    sonar_outbox_config cfg = {.retention_ms = 200}; /* also exercise prune of the sent table */
+    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
+    int64_t ids[3] = {0};
+    const char *data[3] = {"first", "second", "third"};
+    for (int i = 0; i < 3; i++) {
+        enqueue(db, "ev.u", data[i], strlen(data[i]), &ids[i]);
+        sonar_outbox_notify(ob);
+        cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == i + 1, 10000));
+        /* Published, deleted from the pending table, then pruned from the sent table. */
+        cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox_sent",
+                                            -1) == 0,
+                                  10000));
+        sonar_outbox_db_status ds;
+        cr_assert_eq(sonar_outbox_db_status_read(&ds, db_path), SONAR_OK);
+        cr_assert_eq(ds.pending, 0);
+        if (i > 0)
+            cr_assert_gt(ids[i], ids[i - 1], "row id %lld reused", (long long)ids[i]);
+    }
+    cr_assert_leq(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox", -1), 1,
+                  "ceiling rows pile up");
+    sonar_outbox_destroy(ob);
+    tu_msg *msgs = NULL;
+    long n = tu_read_stream(nc, "EV", &msgs);
+    cr_assert_eq(n, 3, "an event was dropped as a duplicate");
+    for (int i = 0; i < 3; i++)
+        cr_assert_str_eq(msgs[i].data, data[i]);
+    cr_assert_str_neq(msgs[0].msg_id, msgs[1].msg_id);
+    cr_assert_str_neq(msgs[1].msg_id, msgs[2].msg_id);
+    free(msgs);
+    sqlite3_close(db);
+}
+
 Test(outbox, poison_rows_go_to_dead_letter_without_stalling_other_subjects_and_can_be_repaired)
 {
     ensure_stream("EV", "ev.>");

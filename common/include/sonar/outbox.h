@@ -17,8 +17,8 @@
  * PubAck. Rows the server refuses for good move to a dead-letter table;
  * they never hold back other subjects.
  *
- * Thread-safety: sonar_outbox_migrate() and sonar_outbox_enqueue() use the
- * caller's connection and follow SQLite's rules for it (one thread at a
+ * Thread-safety: sonar_outbox_migrate(), sonar_outbox_enqueue() and a
+ * sonar_outbox_writer use the caller's connection and follow SQLite's rules for it (one thread at a
  * time per connection). A `sonar_outbox` handle is safe to use from any
  * thread (notify, stats) once created; create and destroy must not race
  * with other calls on the same handle. The operator functions taking a
@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 /** Schema version written by this library into `sonar_outbox_meta`. */
-#define SONAR_OUTBOX_SCHEMA_VERSION 2
+#define SONAR_OUTBOX_SCHEMA_VERSION 3
 /** Longest subject accepted by enqueue, in bytes. */
 #define SONAR_OUTBOX_MAX_SUBJECT 256
 /** Largest payload accepted by enqueue (the server's max_payload may be lower:
@@ -52,7 +52,7 @@ extern "C" {
 /* ---- Producer side (caller's connection, no network) ------------------- */
 
 /**
- * \brief Creates or upgrades (from version 1) the outbox tables in \p db
+ * \brief Creates or upgrades (from versions 1 and 2) the outbox tables in \p db
  *        and switches the database to WAL. Idempotent; safe to call at every start. The first
  *        call stores a random outbox id used in every `Nats-Msg-Id`.
  * \param db borrowed; must not be inside a transaction.
@@ -82,6 +82,42 @@ sonar_status sonar_outbox_migrate(sqlite3 *db);
 sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subject,
                                   const void *payload, size_t len,
                                   const char *const *headers);
+
+/**
+ * \brief A producer's prepared INSERT, for callers that enqueue often: saves
+ *        preparing the statement on every sonar_outbox_enqueue() call.
+ *
+ * Ownership: the writer borrows \p db and owns one prepared statement on
+ * it. Destroy the writer *before* sqlite3_close(db): a connection with an
+ * unfinalized statement refuses to close (SQLITE_BUSY). Use it only where
+ * you would use \p db: one thread at a time, the same thread rules as the
+ * connection. It holds no transaction and no lock between calls, so it
+ * may live as long as the connection; several writers on one connection
+ * are fine.
+ */
+typedef struct sonar_outbox_writer sonar_outbox_writer;
+
+/**
+ * \brief Prepares the INSERT on \p db (borrowed; sonar_outbox_migrate()
+ *        must have run on the file).
+ * \param out new writer, written on success; free with
+ *        sonar_outbox_writer_destroy() before closing \p db.
+ * \return SONAR_OK; SONAR_ERR_INVALID (NULL argument); SONAR_ERR_DB (tables
+ *         missing, with a hint); SONAR_ERR_NOMEM.
+ */
+sonar_status sonar_outbox_writer_create(sonar_outbox_writer **out, sqlite3 *db);
+
+/**
+ * \brief Exactly sonar_outbox_enqueue() on the writer's connection (same
+ *        arguments, checks, transaction semantics and errors), without
+ *        preparing a statement.
+ */
+sonar_status sonar_outbox_writer_enqueue(int64_t *out_id, sonar_outbox_writer *w,
+                                         const char *subject, const void *payload, size_t len,
+                                         const char *const *headers);
+
+/** \brief Finalizes the statement and frees the writer. Accepts NULL. */
+void sonar_outbox_writer_destroy(sonar_outbox_writer *w);
 
 /**
  * \brief Installs on \p db (borrowed) the busy handler the relay itself
