@@ -27,6 +27,10 @@
 /* Answered rows are recorded at least this often (or at a quarter window):
  * fewer write transactions competing with the producer for the lock. */
 #define SETTLE_EVERY_MS 5
+/* After a read that found every pending row, the next read waits at least
+ * this long: a producer committing one row per transaction then costs one
+ * relay read per millisecond instead of one per commit (and per wake-up). */
+#define LOAD_GAP_NS 1000000
 
 /* ---- Schema ------------------------------------------------------------ */
 
@@ -35,9 +39,10 @@
  * handed out again if the row holding the highest id leaves the table. The
  * trigger puts a *ceiling row* (empty subject, never published) back at
  * that id whenever the highest row is deleted, by anyone, so max(id) never
- * goes down and no id is ever reused; older ceiling rows are removed as
- * soon as a higher row is deleted. Inserts pay nothing for this (the
- * partial index holds ceiling rows only). Argument: docs/outbox.md. */
+ * goes down and no id is ever reused; the older ceiling row is removed at
+ * that moment, so there is at most one. Inserts pay nothing for this (the
+ * partial index holds ceiling rows only); a delete pays one max(id) seek.
+ * Argument: docs/outbox.md. */
 #define OUTBOX_TABLE_SQL                                                                        \
     "CREATE TABLE IF NOT EXISTS sonar_outbox ("                                                 \
     "  id INTEGER PRIMARY KEY,"                                                                 \
@@ -50,10 +55,10 @@
 #define OUTBOX_CEILING_SQL                                                                      \
     "CREATE INDEX IF NOT EXISTS sonar_outbox_ceiling ON sonar_outbox(id) WHERE subject = '';"   \
     "CREATE TRIGGER IF NOT EXISTS sonar_outbox_keep_ceiling AFTER DELETE ON sonar_outbox"       \
+    " WHEN old.id > coalesce((SELECT max(id) FROM sonar_outbox), 0)"                            \
     " BEGIN"                                                                                    \
     "  INSERT INTO sonar_outbox(id, subject, payload, created_ms, last_error)"                  \
-    "   SELECT old.id, '', x'', 0, 'ceiling row: keeps row ids from being reused'"              \
-    "   WHERE old.id > coalesce((SELECT max(id) FROM sonar_outbox), 0);"                        \
+    "   VALUES (old.id, '', x'', 0, 'ceiling row: keeps row ids from being reused');"           \
     "  DELETE FROM sonar_outbox WHERE subject = '' AND id < old.id;"                            \
     " END;"
 /* Pending rows, ceiling rows excluded. */
@@ -446,6 +451,7 @@ struct sonar_outbox {
     int64_t prune_due_ms;      /* wall clock; INT64_MAX: nothing retained */
     int64_t pending_refresh_ms;
     int64_t last_settle_ms;
+    int64_t last_load_ns;      /* monotonic, when load_more last found no more rows */
     unsigned rng;
 
     sonar_outbox_stats st;     /* guarded by mu */
@@ -1176,9 +1182,30 @@ static void idle_wait(sonar_outbox *ob, int64_t now, int64_t next_unblock)
 
 /* Loads more rows into the window and publishes them. Returns false when
  * there was nothing to do and the relay waited idle. */
+/* Waits until LOAD_GAP_NS passed since the last read that caught up (or a
+ * stop request). Notifications do not cut it short. */
+static void load_gap(sonar_outbox *ob)
+{
+    int64_t left = ob->last_load_ns + LOAD_GAP_NS - sonar_now_ns();
+    if (ob->last_load_ns == 0 || left <= 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += (long)left;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&ob->mu);
+    while (!ob->stop && pthread_cond_timedwait(&ob->cond, &ob->mu, &ts) != ETIMEDOUT)
+        ;
+    pthread_mutex_unlock(&ob->mu);
+}
+
 static bool fill_window(sonar_outbox *ob, bool *more_waiting, long *loaded_out)
 {
     size_t w = (size_t)ob->cfg.max_in_flight;
+    load_gap(ob);
     int64_t now = sonar_now_ms(), next_unblock;
     char *blocked = blocked_subjects(ob, now, &next_unblock);
     if (blocked == NULL)
@@ -1211,6 +1238,7 @@ static bool fill_window(sonar_outbox *ob, bool *more_waiting, long *loaded_out)
         return true;
     }
     *more_waiting = (size_t)loaded == want;
+    ob->last_load_ns = *more_waiting ? 0 : sonar_now_ns();
     if (loaded == 0) {
         if (ob->n_slots == 0) {
             idle_wait(ob, now, next_unblock);

@@ -6,6 +6,7 @@
  *      NORMAL and FULL;
  *   2. raw js_PublishAsync with a Nats-Msg-Id per message (bounded in flight);
  *   3. outbox, batched producer (100 rows per transaction), NORMAL;
+ *      producers enqueue with a sonar_outbox_writer (cached INSERT);
  *   4. outbox, one row per transaction, NORMAL and FULL;
  *   5. relay idle CPU over a window.
  *
@@ -83,23 +84,41 @@ static double sqlite_commit_rate(const char *sync, long n)
     return rate;
 }
 
-/* Producer cost alone: one sonar_outbox_enqueue() per transaction, no relay. */
-static double enqueue_rate(long n)
+/* Enqueues one event through the writer when there is one, else through
+ * sonar_outbox_enqueue() (which prepares the INSERT on every call). */
+static void bench_enqueue(sqlite3 *db, sonar_outbox_writer *w, const char *subject,
+                          const char *payload, size_t len)
+{
+    sonar_status s = w ? sonar_outbox_writer_enqueue(NULL, w, subject, payload, len, NULL)
+                       : sonar_outbox_enqueue(NULL, db, subject, payload, len, NULL);
+    if (s != SONAR_OK) {
+        fprintf(stderr, "enqueue: %s\n", sonar_last_error());
+        exit(1);
+    }
+}
+
+/* Producer cost alone: one enqueue per transaction, no relay; with the
+ * cached-statement writer or with sonar_outbox_enqueue(). */
+static double enqueue_rate(long n, bool writer)
 {
     char path[320];
-    snprintf(path, sizeof path, "%s/enqueue-only.db", dir);
+    snprintf(path, sizeof path, "%s/enqueue-only-%d.db", dir, writer);
     sqlite3 *db = tu_db_open(path);
     sonar_outbox_migrate(db);
     sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    sonar_outbox_writer *w = NULL;
+    if (writer)
+        sonar_outbox_writer_create(&w, db);
     char payload[128];
     int64_t t0 = sonar_now_ns();
     for (long i = 0; i < n; i++) {
         int len = snprintf(payload, sizeof payload, "%ld %-90s", i, "x");
         sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-        sonar_outbox_enqueue(NULL, db, "bench.enqueue", payload, (size_t)len, NULL);
+        bench_enqueue(db, w, "bench.enqueue", payload, (size_t)len);
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     }
     double rate = (double)n / secs(sonar_now_ns() - t0);
+    sonar_outbox_writer_destroy(w);
     sqlite3_close(db);
     return rate;
 }
@@ -199,6 +218,12 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
         fprintf(stderr, "outbox create: %s\n", sonar_last_error());
         exit(1);
     }
+    /* The producers use the cached-statement writer (sonar/outbox.h). */
+    sonar_outbox_writer *w = NULL;
+    if (sonar_outbox_writer_create(&w, db) != SONAR_OK) {
+        fprintf(stderr, "outbox writer: %s\n", sonar_last_error());
+        exit(1);
+    }
     char payload[128];
     int64_t t0 = sonar_now_ns();
     long tx = 0;
@@ -207,7 +232,7 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
         long first = i;
         for (int k = 0; k < per_tx && i < n; k++, i++) {
             int len = snprintf(payload, sizeof payload, "%ld %-90s", i, "x");
-            sonar_outbox_enqueue(NULL, db, subj, payload, (size_t)len, NULL);
+            bench_enqueue(db, w, subj, payload, (size_t)len);
         }
         int64_t tc = sonar_now_ns();
         for (long j = first; j < i; j++)
@@ -236,6 +261,7 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
     r.p99_ms = (double)lr.lag_ns[(n * 99) / 100] / 1e6;
     sonar_outbox_destroy(ob);
     natsSubscription_Destroy(sub);
+    sonar_outbox_writer_destroy(w);
     sqlite3_close(db);
     free(lr.commit_ns);
     free(lr.lag_ns);
@@ -325,7 +351,8 @@ int main(void)
     }
     double sq_normal = sqlite_commit_rate("NORMAL", scaled(50000));
     double sq_full = sqlite_commit_rate("FULL", scaled(3000));
-    double enq = enqueue_rate(scaled(50000));
+    double enq = enqueue_rate(scaled(50000), false);
+    double enq_w = enqueue_rate(scaled(50000), true);
     double raw = raw_publish_rate(nc, scaled(100000));
     double drain = drain_rate(nc, scaled(100000));
     result batched = run_outbox(nc, subnc, "batched", "NORMAL", scaled(100000), 100);
@@ -338,6 +365,8 @@ int main(void)
     printf("baseline  sqlite one-row tx, WAL, synchronous=FULL    %10.0f tx/s\n", sq_full);
     printf("producer  sonar_outbox_enqueue, one row/tx, NORMAL, no relay %8.0f tx/s (%.0f%% of raw commit)\n",
            enq, 100 * enq / sq_normal);
+    printf("producer  sonar_outbox_writer_enqueue, one row/tx, NORMAL, no relay %8.0f tx/s (%.0f%% of raw commit)\n",
+           enq_w, 100 * enq_w / sq_normal);
     printf("baseline  js_PublishAsync + Msg-Id (1024 in flight)   %10.0f msg/s\n", raw);
     printf("outbox    relay drain of a committed backlog %10.0f ev/s  (%.0f%% of raw publish)\n",
            drain, 100 * drain / raw);
