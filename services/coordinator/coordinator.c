@@ -437,15 +437,14 @@ static sonar_status on_change(sonar_request *req, void *closure)
             goto out;
         }
     }
-    s = sonar_gather_wait(ga, &report, &verdict);
+    /* The report is the reply: sent by whichever thread builds it (usually
+     * the result callback, before this thread wakes up). */
+    s = sonar_gather_wait(ga, req, &report, &verdict);
     if (s != SONAR_OK) {
-        sonar_request_respond_error(req, 500, "change %s: %s", ch.change_id, sonar_last_error());
-    } else if (joined) {
-        sonar_request_respond(req, report, strlen(report));
-    } else {
-        /* Reply first (latency), then publish and store. The gather stays in
-         * the table until stored, so a retry meanwhile joins it. */
-        sonar_request_respond(req, report, strlen(report));
+        sonar_log(SONAR_LOG_ERROR, "change %s: %s", ch.change_id, sonar_last_error());
+    } else if (!joined) {
+        /* Replied already; now publish and store. The gather stays in the
+         * table until stored, so a retry meanwhile joins it. */
         if (store_and_publish(c, &ch, verdict, report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
