@@ -238,8 +238,7 @@ oom:
 
 #define BUCKETS 256
 
-/* A caller blocked in sonar_gather_wait() whose request is answered by
- * whoever builds the report. Lives on that caller's stack, under ga->mu. */
+/* A change request answered by whoever builds the report; under ga->mu. */
 typedef struct waiter {
     struct waiter *next;
     sonar_request *req;
@@ -292,6 +291,11 @@ static void gather_unref(sonar_gather *ga)
 {
     if (atomic_fetch_sub(&ga->refs, 1) != 1)
         return;
+    while (ga->waiters != NULL) { /* only if the report was never built */
+        waiter *w = ga->waiters;
+        ga->waiters = w->next;
+        free(w);
+    }
     sonar_tally_destroy(ga->tally);
     free(ga->report_json);
     pthread_mutex_destroy(&ga->mu);
@@ -614,24 +618,37 @@ static void build_report(sonar_gather *ga)
     sonar_report_finish(&r);
     ga->done = true;
     /* Reply before waking the handlers: the wake-up is off the latency path. */
-    for (waiter *w = ga->waiters; w != NULL; w = w->next)
+    while (ga->waiters != NULL) {
+        waiter *w = ga->waiters;
+        ga->waiters = w->next;
         reply_report(ga, w->req);
-    ga->waiters = NULL;
+        free(w);
+    }
     pthread_cond_broadcast(&ga->cond);
+}
+
+void sonar_gather_attach(sonar_gather *ga, sonar_request *req)
+{
+    waiter *w = malloc(sizeof *w);
+    pthread_mutex_lock(&ga->mu);
+    if (ga->done) {
+        reply_report(ga, req);
+        free(w);
+    } else if (w == NULL) {
+        sonar_request_respond_error(req, 500, "gather: out of memory");
+    } else {
+        *w = (waiter){.next = ga->waiters, .req = req};
+        ga->waiters = w;
+    }
+    pthread_mutex_unlock(&ga->mu);
 }
 
 sonar_status sonar_gather_wait(sonar_gather *ga, sonar_request *req, char **out_json,
                                sonar_outcome *out_verdict)
 {
-    waiter self = {.req = req};
+    if (req != NULL)
+        sonar_gather_attach(ga, req);
     pthread_mutex_lock(&ga->mu);
-    if (ga->done) {
-        if (req != NULL)
-            reply_report(ga, req);
-    } else if (req != NULL) {
-        self.next = ga->waiters;
-        ga->waiters = &self;
-    }
     while (!ga->done && !ga->cancelled && !sonar_tally_complete(ga->tally) &&
            sonar_now_ms() < ga->deadline_ms) {
         struct timespec ts = {.tv_sec = ga->deadline_ms / 1000,

@@ -18,11 +18,12 @@
  * builds it, with the silent ones incomplete ("no answer by the deadline").
  *
  * Thread-safety: the tally is not thread-safe (the gatherer locks around
- * it). The gatherer and gathers may be used from any thread; begin, wait,
- * finish and release run on worker threads (wait blocks), never on a NATS
- * callback thread. The result callback runs on the subscription's NATS
- * thread and does only decoding, in-memory work and, for the last
- * expected answer, encoding the report and one reply per waiting request.
+ * it). The gatherer and gathers may be used from any thread. begin (a
+ * registry snapshot and two publishes), join, attach and release are quick
+ * and may run on a NATS callback thread; wait blocks and runs on worker
+ * threads only. The result callback runs on the subscription's NATS thread
+ * and does only decoding, in-memory work and, for the last expected
+ * answer, encoding the report and one reply per attached request.
  */
 #ifndef SONARD_GATHER_H
 #define SONARD_GATHER_H
@@ -139,10 +140,19 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
 sonar_status sonar_gatherer_join(sonar_gatherer *g, const char *change_id, sonar_gather **out);
 
 /**
+ * \brief Has \p req (borrowed; it must stay valid until the gather's report
+ *        is built, i.e. until a sonar_gather_wait() on this gather returned)
+ *        answered with the report by whichever thread builds it, or at once
+ *        when it is built already (a 500 when it could not be built, or on
+ *        out of memory). Quick: may run on a NATS thread.
+ */
+void sonar_gather_attach(sonar_gather *ga, sonar_request *req);
+
+/**
  * \brief Blocks until the gather ends (everyone answered, the deadline,
  *        or cancel) and returns its report.
- * \param req when not NULL, the change request (borrowed; it must stay
- *        valid until this returns, which holds for the request of the
+ * \param req when not NULL, attached first (sonar_gather_attach(); it must
+ *        stay valid until this returns, which holds for the request of the
  *        endpoint handler that calls this): it is answered with the report
  *        (or a 500 when the report could not be built) by whichever thread
  *        builds it, before the waiting callers are woken. When the last
