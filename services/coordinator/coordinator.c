@@ -9,6 +9,7 @@
 #include "gather.h"
 #include "internal.h"
 #include "registry.h"
+#include "sdmetrics.h"
 #include "sonar/reply.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
@@ -34,6 +35,7 @@ struct sonar_coordinator {
     sonar_gatherer *gatherer;
     sonar_service *svc;
     sonar_outbox *outbox; /* NULL when the server has no JetStream */
+    sonard_metrics *metrics;
     natsSubscription *sub_register, *sub_leave, *sub_report;
     /* Every change id that was gathered, stored or received since start, and
      * every stored one: an id not in it has no stored report, so its gather
@@ -431,6 +433,7 @@ typedef struct change_job {
     sonar_coordinator *c;
     sonar_change_msg ch;
     sonar_gather *ga; /* NULL: not begun yet (or failed, when answered) */
+    int64_t started_ms;
     bool joined;
     bool answered;    /* answered on the NATS thread: nothing left to do */
 } change_job;
@@ -519,6 +522,7 @@ static sonar_status change_continue(sonar_request *req, void *closure)
     } else if (!cj->joined) {
         /* Replied already; now publish and store. The gather stays in the
          * table until stored, so a retry meanwhile joins it. */
+        sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - cj->started_ms);
         if (store_and_publish(c, ch, verdict, report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id,
                       sonar_last_error());
@@ -543,10 +547,12 @@ out:
 static sonar_status on_change(sonar_request *req, void *closure)
 {
     sonar_coordinator *c = closure;
+    sonard_metrics_change(c->metrics);
     change_job *cj = calloc(1, sizeof *cj);
     if (cj == NULL)
         return sonar_request_respond_error(req, 500, "out of memory");
     cj->c = c;
+    cj->started_ms = sonar_now_ms();
     bool fresh_id = false;
     if (!change_prepare(c, req, &cj->ch, &fresh_id)) {
         sonar_change_finish(&cj->ch);
@@ -664,6 +670,10 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = sonar_service_set_endpoint_stats(c->svc, "change", outbox_stats, c);
     }
     if (s == SONAR_OK)
+        s = sonard_metrics_create(&c->metrics, c->reg, c->outbox);
+    if (s == SONAR_OK && cfg->metrics_listen != NULL)
+        s = sonard_metrics_listen(c->metrics, cfg->metrics_listen);
+    if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
     if (s == SONAR_OK)
         s = subscribe(c, &c->sub_register, SONAR_SUBJ_REGISTER_PREFIX "*", on_register);
@@ -708,6 +718,7 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     drain(c->nc, c->sub_leave);
     drain(c->nc, c->sub_report);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
+    sonard_metrics_destroy(c->metrics);
     sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
     sonar_gatherer_destroy(c->gatherer);
     sonar_store_close(c->store);
