@@ -429,6 +429,7 @@ struct sonar_outbox {
     pthread_cond_t cond;       /* notify/stop and answers for the relay */
     bool stop;
     bool notified;
+    bool in_load_gap;          /* the relay waits out LOAD_GAP_NS: notify need not wake it */
 
     /* The window: rows loaded and not yet settled, ids ascending, at
      * slots[head .. head + n_slots) of an array of 2 * max_in_flight.
@@ -593,7 +594,8 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     }
     natsMsg_Destroy(msg);
     ob->answered++;
-    if (--ob->inflight <= 0 || ob->answered >= ob->wake_at || ob->batch_failures > 0)
+    if ((--ob->inflight <= 0 || ob->answered >= ob->wake_at || ob->batch_failures > 0) &&
+        !ob->in_load_gap) /* the relay looks at the answers after its gap */
         pthread_cond_broadcast(&ob->cond);
     pthread_mutex_unlock(&ob->mu);
 }
@@ -1197,8 +1199,10 @@ static void load_gap(sonar_outbox *ob)
         ts.tv_nsec -= 1000000000;
     }
     pthread_mutex_lock(&ob->mu);
+    ob->in_load_gap = true;
     while (!ob->stop && pthread_cond_timedwait(&ob->cond, &ob->mu, &ts) != ETIMEDOUT)
         ;
+    ob->in_load_gap = false;
     pthread_mutex_unlock(&ob->mu);
 }
 
@@ -1510,7 +1514,8 @@ void sonar_outbox_notify(sonar_outbox *ob)
         return;
     pthread_mutex_lock(&ob->mu);
     ob->notified = true;
-    pthread_cond_broadcast(&ob->cond);
+    if (!ob->in_load_gap) /* it reads right after the gap anyway */
+        pthread_cond_broadcast(&ob->cond);
     pthread_mutex_unlock(&ob->mu);
 }
 
