@@ -251,7 +251,7 @@ Test(outbox, writer_rolled_back_publishes_nothing_and_committed_rows_flow)
     sonar_outbox_notify(ob);
     const char *hdrs[] = {"X-Kind", "kept", NULL};
     for (int i = 0; i < 3; i++) {
-        char data[8];
+        char data[24];
         snprintf(data, sizeof data, "k%d", i);
         sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
         cr_assert_eq(sonar_outbox_writer_enqueue(NULL, w, "ev.kept", data, strlen(data), hdrs),
@@ -265,7 +265,7 @@ Test(outbox, writer_rolled_back_publishes_nothing_and_committed_rows_flow)
     long n = tu_read_stream(nc, "EV", &msgs);
     cr_assert_eq(n, 3, "the rolled-back event was published, or a committed one lost");
     for (long i = 0; i < n; i++) {
-        char data[8];
+        char data[24];
         snprintf(data, sizeof data, "k%ld", i);
         cr_assert_str_eq(msgs[i].subject, "ev.kept");
         cr_assert_str_eq(msgs[i].data, data);
