@@ -2,9 +2,7 @@
 #include "sonar/health.h"
 
 #include <ctype.h>
-#include <curl/curl.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +10,7 @@
 #include <strings.h>
 
 #include "internal.h"
+#include "sonar/http.h"
 #include "sonar/util.h"
 
 /* Longest URL accepted for a target. */
@@ -151,33 +150,6 @@ void sonar_health_classify(long http_code, const char *body, size_t body_len,
 
 /* ---- one HTTP check ---- */
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc = CURLE_OK;
-
-static void curl_init_once(void)
-{
-    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-typedef struct body_buf {
-    char data[SONAR_HEALTH_MAX_BODY];
-    size_t len;
-    bool truncated;
-} body_buf;
-
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-    body_buf *b = userdata;
-    size_t n = size * nmemb;
-    size_t room = sizeof b->data - b->len;
-    size_t take = n < room ? n : room;
-    memcpy(b->data + b->len, ptr, take);
-    b->len += take;
-    if (take < n)
-        b->truncated = true; /* keep reading: the status code still counts */
-    return n;
-}
-
 static sonar_status check_url(const char *url)
 {
     if (url == NULL || url[0] == '\0')
@@ -210,50 +182,28 @@ sonar_status sonar_health_check_http(const char *url, int64_t timeout_ms,
                            (long long)timeout_ms);
     if (timeout_ms == 0)
         timeout_ms = SONAR_HEALTH_DEFAULT_TIMEOUT_MS;
-    pthread_once(&curl_once, curl_init_once);
-    if (curl_init_rc != CURLE_OK)
-        return sonar__fail(SONAR_ERR_HTTP, "curl_global_init: %s",
-                           curl_easy_strerror(curl_init_rc));
-    body_buf *body = malloc(sizeof *body);
-    if (body == NULL)
-        return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
-    body->len = 0;
-    body->truncated = false;
-    CURL *h = curl_easy_init();
-    if (h == NULL) {
-        free(body);
-        return sonar__fail(SONAR_ERR_HTTP, "curl_easy_init failed");
-    }
-    char errbuf[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_USERAGENT, "sonar-health/1");
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
-
+    sonar_http_request req = {.method = "GET", .url = url, .timeout_ms = timeout_ms};
+    sonar_http_response resp = {0};
     sonar_health_result r = {.checked_at_ms = sonar_wall_ms()};
     int64_t t0 = sonar_now_ms();
-    CURLcode rc = curl_easy_perform(h);
+    st = sonar_http_perform(&req, &resp);
     r.duration_ms = sonar_now_ms() - t0;
-    long code = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-    if (rc == CURLE_OK) {
-        r.http_code = code;
-        sonar_health_classify(code, body->len > 0 ? body->data : NULL,
-                              body->truncated ? 0 : body->len, &r);
-    } else {
-        r.http_code = code;
+    switch (st) {
+    case SONAR_OK:
+        r.http_code = resp.status;
+        sonar_health_classify(resp.status, resp.body, resp.body_len, &r);
+        sonar_http_response_finish(&resp);
+        break;
+    case SONAR_ERR_TIMEOUT:
+    case SONAR_ERR_HTTP:
+    case SONAR_ERR_LIMIT:
+        /* The target failed the check: a result, not a failure of ours. */
         r.status = SONAR_HEALTH_CRITICAL;
-        if (rc == CURLE_OPERATION_TIMEDOUT)
-            snprintf(r.error, sizeof r.error, "timeout after %lld ms", (long long)timeout_ms);
-        else
-            snprintf(r.error, sizeof r.error, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        snprintf(r.error, sizeof r.error, "%s", sonar_last_error());
+        break;
+    default:
+        return st;
     }
-    curl_easy_cleanup(h);
-    free(body);
     *out = r;
     return SONAR_OK;
 }

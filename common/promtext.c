@@ -1129,3 +1129,23 @@ const char *sonar_promtext_type_str(sonar_promtext_type type)
     }
     return "untyped";
 }
+
+bool sonar_promtext_name_valid(const char *name)
+{
+    if (name == NULL || !metric_start((unsigned char)name[0]))
+        return false;
+    for (const char *p = name + 1; *p; p++)
+        if (!metric_char((unsigned char)*p))
+            return false;
+    return true;
+}
+
+bool sonar_promtext_label_name_valid(const char *name)
+{
+    if (name == NULL || !label_start((unsigned char)name[0]))
+        return false;
+    for (const char *p = name + 1; *p; p++)
+        if (!label_char((unsigned char)*p))
+            return false;
+    return true;
+}

@@ -150,7 +150,7 @@ Test(health_http, up_down_up_makes_transitions_with_thresholds)
     s = run_once(c);
     cr_assert_eq(s.r.status, SONAR_HEALTH_CRITICAL);
     cr_assert_eq(s.r.http_code, 0);
-    cr_assert(s.r.error[0] != '\0');
+    cr_assert(strstr(s.r.error, "connection refused") != NULL, "%s", s.r.error);
     cr_assert_not(s.changed);
     cr_assert_eq(sonar_health_checker_state(c)->status, SONAR_HEALTH_PASSING);
     s = run_once(c);
@@ -202,7 +202,7 @@ Test(health_http, json_bodies_and_status_codes_refine_the_result)
     cr_assert_eq(samples[2].value, 503.0);
     cr_assert_geq(samples[1].value, 0.0);
 
-    /* A body over the kept size is not classified (the status code decides). */
+    /* A 1 MB body that is not complete JSON: the status code decides. */
     atomic_store(&srv.mode, MODE_BIG);
     cr_assert_eq(sonar_health_check_http(url, 5000, &r), SONAR_OK);
     cr_assert_eq(r.status, SONAR_HEALTH_PASSING);
@@ -231,7 +231,7 @@ Test(health_http, a_silent_target_times_out_as_critical)
     sonar_health_result r;
     cr_assert_eq(sonar_health_check_http(url, 300, &r), SONAR_OK);
     cr_assert_eq(r.status, SONAR_HEALTH_CRITICAL);
-    cr_assert_str_eq(r.error, "timeout after 300 ms");
+    cr_assert(strstr(r.error, "timed out after 300 ms") != NULL, "%s", r.error);
     cr_assert_eq(r.http_code, 0);
     cr_assert_geq(r.duration_ms, 250);
     cr_assert_lt(r.duration_ms, 5000);

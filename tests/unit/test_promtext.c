@@ -504,3 +504,19 @@ Test(promtext, truncated_and_mutated_inputs_never_crash)
     cr_assert_gt(ok, 100);
     cr_assert_gt(refused, 100);
 }
+
+Test(promtext, name_validators_follow_the_format)
+{
+    cr_assert(sonar_promtext_name_valid("job:rate5m"));
+    cr_assert(sonar_promtext_name_valid("_x"));
+    cr_assert(sonar_promtext_name_valid(":a"));
+    cr_assert_not(sonar_promtext_name_valid("5x"));
+    cr_assert_not(sonar_promtext_name_valid("a-b"));
+    cr_assert_not(sonar_promtext_name_valid(""));
+    cr_assert_not(sonar_promtext_name_valid(NULL));
+    cr_assert(sonar_promtext_label_name_valid("le"));
+    cr_assert(sonar_promtext_label_name_valid("_a9"));
+    cr_assert_not(sonar_promtext_label_name_valid("a:b"));
+    cr_assert_not(sonar_promtext_label_name_valid("9"));
+    cr_assert_not(sonar_promtext_label_name_valid(""));
+}

@@ -11,8 +11,9 @@
  *   gives warning, `fail` critical (also `ok`/`up` = pass, `error`/`down` =
  *   fail). The names and outputs of the checks that are not passing go into
  *   the error text.
- * - sonar_health_check_http(): performs one GET with libcurl within a
- *   timeout and classifies it; a transport failure or timeout is critical.
+ * - sonar_health_check_http(): performs one GET (sonar_http_perform(), so
+ *   libcurl) within a timeout and classifies it; a refused connection, a
+ *   timeout or a body over SONAR_HTTP_MAX_BODY is critical.
  * - sonar_health_state: pure; feeds observed statuses through the
  *   thresholds and reports transitions of the reported status
  *   (unknown → passing ↔ warning ↔ critical).
@@ -51,8 +52,6 @@ extern "C" {
 #define SONAR_HEALTH_DEFAULT_SUCCESSES 1
 /** Default timeout of one check, in ms. */
 #define SONAR_HEALTH_DEFAULT_TIMEOUT_MS 5000
-/** Response body bytes kept for classification; the rest is discarded. */
-#define SONAR_HEALTH_MAX_BODY (64 * 1024)
 /** Largest threshold accepted. */
 #define SONAR_HEALTH_MAX_THRESHOLD 1000
 
@@ -103,8 +102,7 @@ void sonar_health_classify(long http_code, const char *body, size_t body_len,
  * \param out written on SONAR_OK: a failed, refused or timed-out check is a
  *        result (critical, with the reason in `error`), not a failure.
  * \return SONAR_OK; SONAR_ERR_INVALID for a missing or non-HTTP URL or a
- *         negative timeout; SONAR_ERR_HTTP when libcurl cannot be set up;
- *         SONAR_ERR_NOMEM.
+ *         negative timeout; SONAR_ERR_NOMEM.
  */
 sonar_status sonar_health_check_http(const char *url, int64_t timeout_ms,
                                      sonar_health_result *out);

@@ -129,6 +129,12 @@ size_t sonar_promtext_sample_count(const sonar_promtext *result);
 /** \brief Value of label \p name on \p sample (borrowed), or NULL. */
 const char *sonar_promtext_label_get(const sonar_promtext_sample *sample, const char *name);
 
+/** \brief True when \p name is a metric name `[a-zA-Z_:][a-zA-Z0-9_:]*`. */
+bool sonar_promtext_name_valid(const char *name);
+
+/** \brief True when \p name is a label name `[a-zA-Z_][a-zA-Z0-9_]*`. */
+bool sonar_promtext_label_name_valid(const char *name);
+
 /** \brief "counter", "gauge", "histogram", "summary" or "untyped". Never NULL. */
 const char *sonar_promtext_type_str(sonar_promtext_type type);
 

@@ -16,5 +16,6 @@
 #include "sonar/outbox.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
+#include "sonar/statusstore.h"
 
 #endif
