@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db_internal.h"
 #include "internal.h"
 #include "sonar/util.h"
 
@@ -61,30 +62,6 @@ static const char *const migrations[SONAR_STATUSSTORE_SCHEMA_VERSION] = {
     "CREATE INDEX samples_at ON samples(at_ms);",
 };
 
-static sonar_status db_fail(sonar_statusstore *s, const char *what)
-{
-    return sonar__fail(SONAR_ERR_DB, "%s: %s", what, sqlite3_errmsg(s->db));
-}
-
-static sonar_status exec(sonar_statusstore *s, const char *sql)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        sonar_status st = sonar__fail(SONAR_ERR_DB, "%.60s...: %s", sql,
-                                      msg != NULL ? msg : sqlite3_errmsg(s->db));
-        sqlite3_free(msg);
-        return st;
-    }
-    return SONAR_OK;
-}
-
-static sonar_status prepare(sonar_statusstore *s, const char *sql, sqlite3_stmt **out)
-{
-    if (sqlite3_prepare_v2(s->db, sql, -1, out, NULL) != SQLITE_OK)
-        return db_fail(s, "prepare");
-    return SONAR_OK;
-}
-
 static void rollback(sonar_statusstore *s)
 {
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -92,26 +69,9 @@ static void rollback(sonar_statusstore *s)
 
 /* ---- open and migrate ---- */
 
-static sonar_status read_version(sonar_statusstore *s, int *out)
-{
-    sqlite3_stmt *st = NULL;
-    sonar_status rc = prepare(s, "SELECT version FROM schema_version", &st);
-    if (rc != SONAR_OK)
-        return rc;
-    int step = sqlite3_step(st);
-    if (step == SQLITE_ROW)
-        *out = sqlite3_column_int(st, 0);
-    else if (step == SQLITE_DONE)
-        rc = sonar__fail(SONAR_ERR_DB, "schema_version table is empty");
-    else
-        rc = db_fail(s, "reading the schema version");
-    sqlite3_finalize(st);
-    return rc;
-}
-
 static sonar_status migrate(sonar_statusstore *s)
 {
-    sonar_status rc = exec(s, "BEGIN IMMEDIATE;"
+    sonar_status rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE;"
                               "CREATE TABLE IF NOT EXISTS schema_version "
                               "  (version INTEGER NOT NULL);"
                               "INSERT INTO schema_version SELECT 0 "
@@ -121,25 +81,27 @@ static sonar_status migrate(sonar_statusstore *s)
         rollback(s);
         return rc;
     }
-    int v = 0;
-    if ((rc = read_version(s, &v)) != SONAR_OK)
+    int64_t v = 0;
+    if ((rc = sonar__db_int(s->db, "SELECT version FROM schema_version", NULL, -1, &v)) !=
+        SONAR_OK)
         return rc;
     if (v > SONAR_STATUSSTORE_SCHEMA_VERSION || v < 0)
         return sonar__fail(SONAR_ERR_VERSION,
                            "status store schema version %d is not one this build knows "
-                           "(up to %d)", v, SONAR_STATUSSTORE_SCHEMA_VERSION);
+                           "(up to %d)", (int)v, SONAR_STATUSSTORE_SCHEMA_VERSION);
     for (; v < SONAR_STATUSSTORE_SCHEMA_VERSION; v++) {
         char bump[96];
-        snprintf(bump, sizeof bump, "UPDATE schema_version SET version = %d;", v + 1);
-        if ((rc = exec(s, "BEGIN IMMEDIATE")) != SONAR_OK)
+        snprintf(bump, sizeof bump, "UPDATE schema_version SET version = %d;", (int)v + 1);
+        if ((rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE")) != SONAR_OK)
             return rc;
-        if ((rc = exec(s, migrations[v])) != SONAR_OK || (rc = exec(s, bump)) != SONAR_OK ||
-            (rc = exec(s, "COMMIT")) != SONAR_OK) {
+        if ((rc = sonar__db_exec(s->db, migrations[v])) != SONAR_OK ||
+            (rc = sonar__db_exec(s->db, bump)) != SONAR_OK ||
+            (rc = sonar__db_exec(s->db, "COMMIT")) != SONAR_OK) {
             rollback(s);
             return rc;
         }
     }
-    s->version = v;
+    s->version = (int)v;
     return SONAR_OK;
 }
 
@@ -160,7 +122,7 @@ sonar_status sonar_statusstore_create(sonar_statusstore **out, const char *path)
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 5000);
-    if ((rc = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    if ((rc = sonar__db_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                       "PRAGMA foreign_keys=ON;")) != SONAR_OK ||
         (rc = migrate(s)) != SONAR_OK)
         goto fail;
@@ -238,7 +200,7 @@ static sonar_status run_done(sonar_statusstore *s, sqlite3_stmt *st, const char 
 {
     int step = sqlite3_step(st);
     sqlite3_finalize(st);
-    return step == SQLITE_DONE ? SONAR_OK : db_fail(s, what);
+    return step == SQLITE_DONE ? SONAR_OK : sonar__db_fail(s->db, what);
 }
 
 sonar_status sonar_statusstore_add_check(sonar_statusstore *s,
@@ -251,28 +213,31 @@ sonar_status sonar_statusstore_add_check(sonar_statusstore *s,
         return rc;
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *ins = NULL, *up = NULL;
-    if ((rc = exec(s, "BEGIN IMMEDIATE")) != SONAR_OK)
+    if ((rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE")) != SONAR_OK)
         goto out;
-    if ((rc = prepare(s, "INSERT INTO checks (service, target, observed, reported, "
-                         "http_code, duration_ms, at_ms, error) VALUES (?,?,?,?,?,?,?,?)",
-                      &ins)) != SONAR_OK)
+    if ((rc = sonar__db_prepare(s->db,
+                                "INSERT INTO checks (service, target, observed, reported, "
+                                "http_code, duration_ms, at_ms, error) "
+                                "VALUES (?,?,?,?,?,?,?,?)", &ins)) != SONAR_OK)
         goto fail;
     bind_check(ins, c, -1);
     if ((rc = run_done(s, ins, "storing a check")) != SONAR_OK)
         goto fail;
     int64_t id = sqlite3_last_insert_rowid(s->db);
-    if ((rc = prepare(s, "INSERT INTO latest (service, target, observed, reported, "
-                         "http_code, duration_ms, at_ms, error, check_id) "
-                         "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (service, target) DO UPDATE "
-                         "SET observed = excluded.observed, reported = excluded.reported, "
-                         "http_code = excluded.http_code, duration_ms = excluded.duration_ms, "
-                         "at_ms = excluded.at_ms, error = excluded.error, "
-                         "check_id = excluded.check_id WHERE excluded.at_ms >= latest.at_ms",
-                      &up)) != SONAR_OK)
+    if ((rc = sonar__db_prepare(s->db,
+                                "INSERT INTO latest (service, target, observed, reported, "
+                                "http_code, duration_ms, at_ms, error, check_id) "
+                                "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (service, target) "
+                                "DO UPDATE SET observed = excluded.observed, "
+                                "reported = excluded.reported, http_code = excluded.http_code, "
+                                "duration_ms = excluded.duration_ms, "
+                                "at_ms = excluded.at_ms, error = excluded.error, "
+                                "check_id = excluded.check_id WHERE excluded.at_ms >= latest.at_ms",
+                                &up)) != SONAR_OK)
         goto fail;
     bind_check(up, c, id);
     if ((rc = run_done(s, up, "updating the latest status")) != SONAR_OK ||
-        (rc = exec(s, "COMMIT")) != SONAR_OK)
+        (rc = sonar__db_exec(s->db, "COMMIT")) != SONAR_OK)
         goto fail;
     if (out_id != NULL)
         *out_id = id;
@@ -352,7 +317,7 @@ static sonar_status read_rows(sonar_statusstore *s, sqlite3_stmt *st, const int 
         n++;
     }
     if (rc == SONAR_OK && step != SQLITE_DONE)
-        rc = db_fail(s, "reading rows");
+        rc = sonar__db_fail(s->db, "reading rows");
     sqlite3_finalize(st);
     *out_items = items;
     *out_count = n;
@@ -400,9 +365,10 @@ sonar_status sonar_statusstore_latest(sonar_statusstore *s, const char *service,
         return rc;
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st = NULL;
-    rc = prepare(s, "SELECT check_id, service, target, observed, reported, http_code, "
-                    "duration_ms, at_ms, error FROM latest "
-                    "WHERE ?1 IS NULL OR service = ?1 ORDER BY service, target", &st);
+    rc = sonar__db_prepare(s->db,
+                           "SELECT check_id, service, target, observed, reported, http_code, "
+                           "duration_ms, at_ms, error FROM latest "
+                           "WHERE ?1 IS NULL OR service = ?1 ORDER BY service, target", &st);
     if (rc == SONAR_OK) {
         sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
         rc = read_checks(s, st, out);
@@ -426,9 +392,10 @@ sonar_status sonar_statusstore_checks_for(sonar_statusstore *s, const char *serv
         limit = SONAR_STATUSSTORE_CHECKS_DEFAULT;
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st = NULL;
-    rc = prepare(s, "SELECT id, service, target, observed, reported, http_code, duration_ms, "
-                    "at_ms, error FROM checks WHERE service = ? "
-                    "ORDER BY at_ms DESC, id DESC LIMIT ?", &st);
+    rc = sonar__db_prepare(s->db,
+                           "SELECT id, service, target, observed, reported, http_code, "
+                           "duration_ms, at_ms, error FROM checks WHERE service = ? "
+                           "ORDER BY at_ms DESC, id DESC LIMIT ?", &st);
     if (rc == SONAR_OK) {
         sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)limit);
@@ -463,11 +430,11 @@ sonar_status sonar_statusstore_remove_target(sonar_statusstore *s, const char *s
     };
     pthread_mutex_lock(&s->lock);
     int changed = 0;
-    if ((rc = exec(s, "BEGIN IMMEDIATE")) != SONAR_OK)
+    if ((rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE")) != SONAR_OK)
         goto out;
     for (size_t i = 0; i < 2; i++) {
         sqlite3_stmt *st = NULL;
-        if ((rc = prepare(s, sql[i], &st)) != SONAR_OK)
+        if ((rc = sonar__db_prepare(s->db, sql[i], &st)) != SONAR_OK)
             goto fail;
         sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC);
@@ -475,7 +442,7 @@ sonar_status sonar_statusstore_remove_target(sonar_statusstore *s, const char *s
             goto fail;
         changed += sqlite3_changes(s->db);
     }
-    if ((rc = exec(s, "COMMIT")) != SONAR_OK)
+    if ((rc = sonar__db_exec(s->db, "COMMIT")) != SONAR_OK)
         goto fail;
     if (changed == 0)
         rc = sonar__fail(SONAR_ERR_NOT_FOUND, "no status stored for %s target %.200s",
@@ -560,21 +527,23 @@ static sonar_status insert_samples(sonar_statusstore *s, const sonar_statusstore
                                    char **json, size_t n)
 {
     sqlite3_stmt *series = NULL, *sample = NULL;
-    sonar_status rc = exec(s, "BEGIN IMMEDIATE");
+    sonar_status rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE");
     if (rc != SONAR_OK)
         return rc;
-    if ((rc = prepare(s, "INSERT INTO series (service, name, labels) VALUES (?,?,?) "
-                         "ON CONFLICT (service, name, labels) DO UPDATE SET name = name "
-                         "RETURNING id", &series)) != SONAR_OK ||
-        (rc = prepare(s, "INSERT INTO samples (series_id, at_ms, value) VALUES (?,?,?)",
-                      &sample)) != SONAR_OK)
+    if ((rc = sonar__db_prepare(s->db,
+                                "INSERT INTO series (service, name, labels) VALUES (?,?,?) "
+                                "ON CONFLICT (service, name, labels) DO UPDATE SET name = name "
+                                "RETURNING id", &series)) != SONAR_OK ||
+        (rc = sonar__db_prepare(s->db,
+                                "INSERT INTO samples (series_id, at_ms, value) VALUES (?,?,?)",
+                                &sample)) != SONAR_OK)
         goto fail;
     for (size_t i = 0; i < n; i++) {
         sqlite3_bind_text(series, 1, in[i].service, -1, SQLITE_STATIC);
         sqlite3_bind_text(series, 2, in[i].name, -1, SQLITE_STATIC);
         sqlite3_bind_text(series, 3, json[i], -1, SQLITE_STATIC);
         if (sqlite3_step(series) != SQLITE_ROW) {
-            rc = db_fail(s, "storing a series");
+            rc = sonar__db_fail(s->db, "storing a series");
             goto fail;
         }
         int64_t id = sqlite3_column_int64(series, 0);
@@ -586,14 +555,14 @@ static sonar_status insert_samples(sonar_statusstore *s, const sonar_statusstore
         else
             sqlite3_bind_double(sample, 3, in[i].value);
         if (sqlite3_step(sample) != SQLITE_DONE) {
-            rc = db_fail(s, "storing a sample");
+            rc = sonar__db_fail(s->db, "storing a sample");
             goto fail;
         }
         sqlite3_reset(sample);
     }
     sqlite3_finalize(series);
     sqlite3_finalize(sample);
-    if ((rc = exec(s, "COMMIT")) != SONAR_OK)
+    if ((rc = sonar__db_exec(s->db, "COMMIT")) != SONAR_OK)
         rollback(s);
     return rc;
 fail:
@@ -685,12 +654,13 @@ sonar_status sonar_statusstore_query_samples(sonar_statusstore *s,
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st = NULL;
     sonar_statusstore_samples list = {0};
-    sonar_status rc = prepare(
-        s, "SELECT r.service, r.name, r.labels, x.value, x.at_ms "
-           "FROM samples x JOIN series r ON r.id = x.series_id "
-           "WHERE (?1 IS NULL OR r.name = ?1) AND (?2 IS NULL OR r.service = ?2) "
-           "AND x.at_ms >= ?3 AND x.at_ms <= ?4 "
-           "ORDER BY x.at_ms DESC, r.name, r.labels, r.service LIMIT ?5", &st);
+    sonar_status rc = sonar__db_prepare(
+        s->db,
+        "SELECT r.service, r.name, r.labels, x.value, x.at_ms "
+        "FROM samples x JOIN series r ON r.id = x.series_id "
+        "WHERE (?1 IS NULL OR r.name = ?1) AND (?2 IS NULL OR r.service = ?2) "
+        "AND x.at_ms >= ?3 AND x.at_ms <= ?4 "
+        "ORDER BY x.at_ms DESC, r.name, r.labels, r.service LIMIT ?5", &st);
     if (rc != SONAR_OK)
         goto out;
     sqlite3_bind_text(st, 1, q->name, -1, SQLITE_STATIC);
@@ -732,7 +702,7 @@ static sonar_status prune_table(sonar_statusstore *s, const char *sql, int64_t b
     for (;;) {
         pthread_mutex_lock(&s->lock);
         sqlite3_stmt *st = NULL;
-        sonar_status rc = prepare(s, sql, &st);
+        sonar_status rc = sonar__db_prepare(s->db, sql, &st);
         if (rc == SONAR_OK) {
             sqlite3_bind_int64(st, 1, before);
             sqlite3_bind_int64(st, 2, (sqlite3_int64)batch);
