@@ -991,7 +991,7 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
             svc->queue_head = j;
         svc->queue_tail = j;
         svc->queue_len++;
-        pthread_cond_signal(&svc->cond);
+        pthread_cond_broadcast(&svc->cond); /* the heartbeat waits on it too */
     }
     pthread_mutex_unlock(&svc->lock);
     if (full) {

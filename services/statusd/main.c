@@ -33,7 +33,7 @@ static void usage(FILE *to)
         "                        \"metrics\",\"interval_ms\",\"timeout_ms\",\"failure_threshold\",\n"
         "                        \"success_threshold\"}]}\n"
         "  --interval DURATION   default check interval (default 10s; e.g. 500ms, 1m)\n"
-        "  --timeout DURATION    default check timeout (default 5s, at most the interval)\n"
+        "  --timeout DURATION    default check timeout (default 5s)\n"
         "  --retention DURATION  keep checks and samples this long (default 7d)\n"
         "  --listen ADDR:PORT    serve statusd's own /metrics and /health (default: off)\n"
         "  --workers N           check worker threads (default 16)\n"
@@ -155,8 +155,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "statusd: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (cfg.timeout_ms > cfg.interval_ms)
-        cfg.timeout_ms = cfg.interval_ms;
 
     statusd_target_spec *specs = NULL;
     size_t n_specs = 0;

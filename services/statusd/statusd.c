@@ -129,8 +129,6 @@ static void effective_timing(statusd *d, target *t)
 {
     t->interval_ms = t->spec.interval_ms ? t->spec.interval_ms : d->cfg.interval_ms;
     t->timeout_ms = t->spec.timeout_ms ? t->spec.timeout_ms : d->cfg.timeout_ms;
-    if (!t->spec.timeout_ms && t->timeout_ms > t->interval_ms)
-        t->timeout_ms = t->interval_ms;
 }
 
 /* Adds a target built from \p spec (copied), or replaces the one of that name
