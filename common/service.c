@@ -89,6 +89,7 @@ struct sonar_service {
 
     pthread_mutex_t lock;
     pthread_cond_t cond;   /* signalled on stop and when threads/jobs change */
+    pthread_cond_t job_cond; /* endpoint workers only: a job was queued, or stop */
     bool started;
     bool stopping;
     bool stopped;
@@ -230,6 +231,7 @@ sonar_status sonar_service_create(sonar_service **out, sonar_bus *bus,
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&svc->lock, NULL);
     pthread_cond_init(&svc->cond, NULL);
+    pthread_cond_init(&svc->job_cond, NULL);
     svc->bus = bus;
     svc->nc = sonar_bus_nats(bus);
     svc->name = xstrdup(cfg->name);
@@ -958,7 +960,7 @@ static void *worker_thread(void *arg)
     pthread_mutex_lock(&svc->lock);
     for (;;) {
         while (svc->queue_head == NULL && !svc->stopping)
-            pthread_cond_wait(&svc->cond, &svc->lock);
+            pthread_cond_wait(&svc->job_cond, &svc->lock);
         job *j = svc->queue_head;
         if (j == NULL)
             break; /* stopping and drained */
@@ -991,7 +993,9 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
             svc->queue_head = j;
         svc->queue_tail = j;
         svc->queue_len++;
-        pthread_cond_broadcast(&svc->cond); /* the heartbeat waits on it too */
+        /* Its own condition: a signal on svc->cond could wake the heartbeat
+         * thread instead of a worker and leave the job queued. */
+        pthread_cond_signal(&svc->job_cond);
     }
     pthread_mutex_unlock(&svc->lock);
     if (full) {
@@ -1098,11 +1102,13 @@ sonar_status sonar_service_start(sonar_service *svc)
 }
 
 /* Unsubscribes and waits until the subscription's callbacks have returned. */
-static void close_sub(natsSubscription **sub)
+static void close_sub(natsConnection *nc, natsSubscription **sub)
 {
     if (*sub == NULL)
         return;
-    if (natsSubscription_Drain(*sub) == NATS_OK)
+    /* Draining needs the server: while disconnected it could only time out. */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(*sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(*sub, 5000);
     else
         natsSubscription_Unsubscribe(*sub);
@@ -1126,16 +1132,17 @@ void sonar_service_stop(sonar_service *svc)
     free(json);
     free(subject);
 
-    close_sub(&svc->discover_sub);
+    close_sub(svc->nc, &svc->discover_sub);
     for (int i = 0; i < SRV_SUBS; i++)
-        close_sub(&svc->srv_subs[i]);
+        close_sub(svc->nc, &svc->srv_subs[i]);
     for (size_t i = 0; i < svc->n_endpoints; i++)
-        close_sub(&svc->endpoints[i]->sub);
+        close_sub(svc->nc, &svc->endpoints[i]->sub);
     natsConnection_FlushTimeout(svc->nc, 1000);
 
     pthread_mutex_lock(&svc->lock);
     svc->stopping = true;
     pthread_cond_broadcast(&svc->cond);
+    pthread_cond_broadcast(&svc->job_cond);
     pthread_mutex_unlock(&svc->lock);
     if (svc->heartbeat_running)
         pthread_join(svc->heartbeat, NULL);
@@ -1183,5 +1190,6 @@ void sonar_service_destroy(sonar_service *svc)
     free(svc->metrics);
     pthread_mutex_destroy(&svc->lock);
     pthread_cond_destroy(&svc->cond);
+    pthread_cond_destroy(&svc->job_cond);
     free(svc);
 }

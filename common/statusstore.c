@@ -529,52 +529,70 @@ static sonar_status prepare_samples(const sonar_statusstore_sample_in *in, size_
 }
 
 /* Inserts validated samples in one transaction; the lock is held by the caller. */
+/* Id of the series (service, name, labels), created when new. Looking up
+ * first keeps the common case (a known series) free of writes. */
+static sonar_status series_id(sonar_statusstore *s, sqlite3_stmt *find, sqlite3_stmt *add,
+                              const sonar_statusstore_sample_in *in, const char *json,
+                              int64_t *out)
+{
+    sqlite3_stmt *steps[2] = {find, add};
+    for (int k = 0; k < 2; k++) {
+        sqlite3_stmt *st = steps[k];
+        sqlite3_bind_text(st, 1, in->service, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, in->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, json, -1, SQLITE_STATIC);
+        int step = sqlite3_step(st);
+        if (step == SQLITE_ROW)
+            *out = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        if (step == SQLITE_ROW)
+            return SONAR_OK;
+        if (step != SQLITE_DONE)
+            break;
+    }
+    return sonar__db_fail(s->db, "storing a series");
+}
+
+/* Inserts validated samples in one transaction; the lock is held by the caller. */
 static sonar_status insert_samples(sonar_statusstore *s, const sonar_statusstore_sample_in *in,
                                    char **json, size_t n)
 {
-    sqlite3_stmt *series = NULL, *sample = NULL;
+    sqlite3_stmt *find = NULL, *add = NULL, *sample = NULL;
     sonar_status rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE");
     if (rc != SONAR_OK)
         return rc;
     if ((rc = sonar__db_prepare(s->db,
+                                "SELECT id FROM series WHERE service = ? AND name = ? "
+                                "AND labels = ?", &find)) != SONAR_OK ||
+        (rc = sonar__db_prepare(s->db,
                                 "INSERT INTO series (service, name, labels) VALUES (?,?,?) "
-                                "ON CONFLICT (service, name, labels) DO UPDATE SET name = name "
-                                "RETURNING id", &series)) != SONAR_OK ||
+                                "RETURNING id", &add)) != SONAR_OK ||
         (rc = sonar__db_prepare(s->db,
                                 "INSERT INTO samples (series_id, at_ms, value) VALUES (?,?,?)",
                                 &sample)) != SONAR_OK)
-        goto fail;
-    for (size_t i = 0; i < n; i++) {
-        sqlite3_bind_text(series, 1, in[i].service, -1, SQLITE_STATIC);
-        sqlite3_bind_text(series, 2, in[i].name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(series, 3, json[i], -1, SQLITE_STATIC);
-        if (sqlite3_step(series) != SQLITE_ROW) {
-            rc = sonar__db_fail(s->db, "storing a series");
-            goto fail;
-        }
-        int64_t id = sqlite3_column_int64(series, 0);
-        sqlite3_reset(series);
+        goto done;
+    for (size_t i = 0; i < n && rc == SONAR_OK; i++) {
+        int64_t id = 0;
+        if ((rc = series_id(s, find, add, &in[i], json[i], &id)) != SONAR_OK)
+            break;
         sqlite3_bind_int64(sample, 1, id);
         sqlite3_bind_int64(sample, 2, in[i].at_ms);
         if (isnan(in[i].value))
             sqlite3_bind_null(sample, 3);
         else
             sqlite3_bind_double(sample, 3, in[i].value);
-        if (sqlite3_step(sample) != SQLITE_DONE) {
+        if (sqlite3_step(sample) != SQLITE_DONE)
             rc = sonar__db_fail(s->db, "storing a sample");
-            goto fail;
-        }
         sqlite3_reset(sample);
     }
-    sqlite3_finalize(series);
+    if (rc == SONAR_OK)
+        rc = sonar__db_exec(s->db, "COMMIT");
+done:
+    sqlite3_finalize(find);
+    sqlite3_finalize(add);
     sqlite3_finalize(sample);
-    if ((rc = sonar__db_exec(s->db, "COMMIT")) != SONAR_OK)
+    if (rc != SONAR_OK)
         rollback(s);
-    return rc;
-fail:
-    sqlite3_finalize(series);
-    sqlite3_finalize(sample);
-    rollback(s);
     return rc;
 }
 
@@ -660,13 +678,17 @@ sonar_status sonar_statusstore_query_samples(sonar_statusstore *s,
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st = NULL;
     sonar_statusstore_samples list = {0};
-    sonar_status rc = sonar__db_prepare(
-        s->db,
-        "SELECT r.service, r.name, r.labels, x.value, x.at_ms "
-        "FROM samples x JOIN series r ON r.id = x.series_id "
-        "WHERE (?1 IS NULL OR r.name = ?1) AND (?2 IS NULL OR r.service = ?2) "
-        "AND x.at_ms >= ?3 AND x.at_ms <= ?4 "
-        "ORDER BY x.at_ms DESC, r.name, r.labels, r.service LIMIT ?5", &st);
+    /* Only the filters given appear in the SQL, so SQLite can use the
+     * series(name, service) index instead of scanning every sample. */
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT r.service, r.name, r.labels, x.value, x.at_ms "
+             "FROM series r JOIN samples x ON x.series_id = r.id "
+             "WHERE x.at_ms >= ?3 AND x.at_ms <= ?4%s%s "
+             "ORDER BY x.at_ms DESC, r.name, r.labels, r.service LIMIT ?5",
+             q->name != NULL ? " AND r.name = ?1" : "",
+             q->service != NULL ? " AND r.service = ?2" : "");
+    sonar_status rc = sonar__db_prepare(s->db, sql, &st);
     if (rc != SONAR_OK)
         goto out;
     sqlite3_bind_text(st, 1, q->name, -1, SQLITE_STATIC);

@@ -334,12 +334,15 @@ static sonar_status on_change(sonar_request *req, void *closure)
                                                                               : "";
     if (!sonar_name_valid(name))
         return sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
+    sonar_log(SONAR_LOG_DEBUG, "announcement on %s: %.*s", subject, (int)sonar_request_len(req),
+              sonar_request_data(req));
     sonar_change_msg ch = {0};
     sonar_status s = sonar_change_decode(&ch, sonar_request_data(req), sonar_request_len(req));
     if (s != SONAR_OK)
         return sonar_request_respond_error(req, sonar_reply_code(s), "invalid change: %s",
                                            sonar_last_error());
     char generated[32];
+    bool fresh_id = ch.change_id == NULL;
     sonar_gather *ga = NULL;
     char *report = NULL;
     sonar_outcome verdict = SONAR_INCOMPLETE;
@@ -361,7 +364,9 @@ static sonar_status on_change(sonar_request *req, void *closure)
         ch.timeout_ms = c->cfg.default_timeout_ms;
     /* A retry: the gather still running, else the stored report, else a new gather. */
     if (sonar_gatherer_join(c->gatherer, ch.change_id, &ga) != SONAR_OK) {
-        s = sonar_store_get_report(c->store, ch.change_id, &report);
+        /* An id we just generated cannot have a report yet. */
+        s = fresh_id ? sonar__fail(SONAR_ERR_NOT_FOUND, "new change")
+                     : sonar_store_get_report(c->store, ch.change_id, &report);
         if (s == SONAR_OK) {
             sonar_request_respond(req, report, strlen(report));
             goto out;
@@ -381,14 +386,15 @@ static sonar_status on_change(sonar_request *req, void *closure)
     } else if (joined) {
         sonar_request_respond(req, report, strlen(report));
     } else {
-        /* Stored before the reply: whoever holds the report can look it up. */
+        /* Reply first (latency), then publish and store. The gather stays in
+         * the table until stored, so a retry meanwhile joins it. */
+        sonar_request_respond(req, report, strlen(report));
+        publish_report(c, ch.service, report);
         if (sonar_store_put_report(c->store, ch.change_id, ch.service,
                                    sonar_outcome_str(verdict), sonar_wall_ms(),
                                    report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
-        sonar_request_respond(req, report, strlen(report));
-        publish_report(c, ch.service, report);
         sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
                   ch.version, sonar_outcome_str(verdict));
     }
@@ -413,12 +419,16 @@ static sonar_status subscribe(sonar_coordinator *c, natsSubscription **sub, cons
     return ns == NATS_OK ? SONAR_OK : sonar_bus_status(ns, subject);
 }
 
-static void drain(natsSubscription *sub)
+static void drain(natsConnection *nc, natsSubscription *sub)
 {
     if (sub == NULL)
         return;
-    if (natsSubscription_Drain(sub) == NATS_OK)
+    /* Draining needs the server: while disconnected it could only time out. */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(sub, 5000);
+    else
+        natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
 }
 
@@ -439,6 +449,13 @@ static sonar_status add_endpoints(sonar_coordinator *c)
         s = sonar_service_add_endpoint(c->svc, eps[i].name, eps[i].subject, SONARD_NAME,
                                        eps[i].fn, c);
     return s;
+}
+
+/* Pruning runs every quarter of the retention, between 100 ms and a minute. */
+static int64_t prune_interval(int64_t retention_ms)
+{
+    int64_t every = retention_ms / 4;
+    return every < 100 ? 100 : every > 60000 ? 60000 : every;
 }
 
 sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
@@ -463,13 +480,14 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
     if (s == SONAR_OK)
         s = sonar_store_load(c->store, restore_service, restore_instance, c);
     if (s == SONAR_OK)
-        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, 60 * 1000);
+        s = sonar_store_start_writer(c->store, c->cfg.retention_ms, prune_interval(c->cfg.retention_ms));
     if (s == SONAR_OK) {
         sonar_service_config sc = {
             .name = SONARD_NAME,
             .version = c->version,
             .description = "sonar coordinator: gathers checks for announced changes",
             .endpoint_workers = cfg->workers,
+            .no_check_endpoint = true, /* a coordinator does not answer checks */
         };
         s = sonar_service_create(&c->svc, bus, &sc);
     }
@@ -516,9 +534,9 @@ void sonar_coordinator_stop(sonar_coordinator *c)
         return;
     if (c->gatherer != NULL)
         sonar_gatherer_cancel_all(c->gatherer);
-    drain(c->sub_register);
-    drain(c->sub_leave);
-    drain(c->sub_report);
+    drain(c->nc, c->sub_register);
+    drain(c->nc, c->sub_leave);
+    drain(c->nc, c->sub_report);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
     sonar_gatherer_destroy(c->gatherer);
     sonar_store_close(c->store);

@@ -25,7 +25,8 @@ struct sonar_tally {
     sonar_expected exp;
     answer *live;          /* parallel to exp.live */
     answer *down;          /* parallel to exp.down */
-    sonar_result_msg *extra; /* answers from services not in the registry */
+    sonar_result_msg *extra; /* answers from services not expected */
+    bool *extra_known;       /* parallel: the service is in the registry */
     size_t n_extra, cap_extra;
     size_t answered;
     bool reported;
@@ -69,6 +70,7 @@ void sonar_tally_destroy(sonar_tally *t)
     free(t->live);
     free(t->down);
     free(t->extra);
+    free(t->extra_known);
     sonar_expected_finish(&t->exp);
     free(t->change_id);
     free(t->service);
@@ -88,7 +90,7 @@ static long index_of(char **names, size_t n, const char *name)
     return hit ? (long)(hit - names) : -1;
 }
 
-sonar_status sonar_tally_add(sonar_tally *t, sonar_result_msg *res)
+sonar_status sonar_tally_add(sonar_tally *t, sonar_result_msg *res, bool known)
 {
     if (t->reported)
         return sonar__fail(SONAR_ERR_STATE, "the report of change %s was already built",
@@ -123,11 +125,16 @@ sonar_status sonar_tally_add(sonar_tally *t, sonar_result_msg *res)
             return sonar__fail(SONAR_ERR_LIMIT, "too many unregistered answers");
         size_t cap = t->cap_extra ? t->cap_extra * 2 : 4;
         sonar_result_msg *v = realloc(t->extra, cap * sizeof *v);
-        if (v == NULL)
+        if (v != NULL)
+            t->extra = v;
+        bool *k = realloc(t->extra_known, cap * sizeof *k);
+        if (k != NULL)
+            t->extra_known = k;
+        if (v == NULL || k == NULL)
             return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
-        t->extra = v;
         t->cap_extra = cap;
     }
+    t->extra_known[t->n_extra] = known;
     t->extra[t->n_extra++] = *res;
     memset(res, 0, sizeof *res);
     return SONAR_OK;
@@ -202,7 +209,8 @@ sonar_status sonar_tally_report(sonar_tally *t, int64_t now_ms, const char *sile
                        SONARD_REASON_NOT_LIVE, false);
     for (size_t i = 0; s == SONAR_OK && i < t->n_extra; i++) {
         answer a = {.answered = true, .res = t->extra[i]};
-        s = fill_entry(&r.results[r.n_results++], t->extra[i].service, &a, "", true);
+        s = fill_entry(&r.results[r.n_results++], t->extra[i].service, &a, "",
+                       !t->extra_known[i]);
         t->extra[i] = a.res;
     }
     if (s != SONAR_OK)
@@ -337,9 +345,10 @@ static void on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid result: %s",
                           sonar_last_error());
     } else if (ga != NULL && (g->self == NULL || strcmp(res.service, g->self) != 0)) {
+        bool known = sonar_registry_known(g->reg, res.service);
         pthread_mutex_lock(&ga->mu);
         if (!ga->done) {
-            s = sonar_tally_add(ga->tally, &res);
+            s = sonar_tally_add(ga->tally, &res, known);
             if (s == SONAR_OK && sonar_tally_complete(ga->tally))
                 pthread_cond_broadcast(&ga->cond);
         }
@@ -390,8 +399,11 @@ void sonar_gatherer_destroy(sonar_gatherer *g)
         return;
     if (g->sub != NULL) {
         /* Drain: once complete, the callback is not running any more. */
-        if (natsSubscription_Drain(g->sub) == NATS_OK)
+        if (natsConnection_Status(g->nc) == NATS_CONN_STATUS_CONNECTED &&
+            natsSubscription_Drain(g->sub) == NATS_OK)
             natsSubscription_WaitForDrainCompletion(g->sub, 5000);
+        else
+            natsSubscription_Unsubscribe(g->sub);
         natsSubscription_Destroy(g->sub);
     }
     pthread_mutex_lock(&g->mu);
@@ -485,17 +497,19 @@ static sonar_status scatter(sonar_gatherer *g, const sonar_change_msg *change,
     sonar_status s = sonar_check_encode(&check, &body);
     if (s == SONAR_OK)
         s = sonar_subject(&subject, SONAR_SUBJ_CHECK_PREFIX, change->service, NULL);
+    natsStatus ns = NATS_OK;
     if (s == SONAR_OK)
+        ns = natsConnection_PublishString(g->nc, subject, body);
+    /* The check request goes out first; the announcement is built meanwhile. */
+    if (s == SONAR_OK && ns == NATS_OK) {
         s = sonar_subject(&gsubject, "sonar.gather.", change->change_id, NULL);
-    if (s == SONAR_OK && (announce = gather_announcement(change, t)) == NULL)
-        s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
-    if (s == SONAR_OK) {
-        natsStatus ns = natsConnection_PublishString(g->nc, subject, body);
-        if (ns == NATS_OK)
+        if (s == SONAR_OK && (announce = gather_announcement(change, t)) == NULL)
+            s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
+        if (s == SONAR_OK)
             ns = natsConnection_PublishString(g->nc, gsubject, announce);
-        if (ns != NATS_OK)
-            s = sonar_bus_status(ns, "publishing the check request");
     }
+    if (s == SONAR_OK && ns != NATS_OK)
+        s = sonar_bus_status(ns, "publishing the check request");
     free(body);
     free(subject);
     free(gsubject);

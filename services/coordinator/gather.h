@@ -61,11 +61,14 @@ void sonar_tally_destroy(sonar_tally *t);
  * \brief Records one answer. \p res must carry the tally's change id.
  *        A second answer from the same service is ignored (the first
  *        wins). Takes the contents of \p res on SONAR_OK (it is zeroed).
+ *        An answer from a service that was not expected is included in the
+ *        report; it is flagged `unregistered` unless \p known (the service
+ *        is in the registry, e.g. its instance expired a moment ago).
  * \return SONAR_OK; SONAR_ERR_INVALID (wrong change id, or a result with
  *         status incomplete); SONAR_ERR_STATE when the report was already
  *         built; SONAR_ERR_NOMEM.
  */
-sonar_status sonar_tally_add(sonar_tally *t, sonar_result_msg *res);
+sonar_status sonar_tally_add(sonar_tally *t, sonar_result_msg *res, bool known);
 
 /** \brief True when every expected (live) service answered. */
 bool sonar_tally_complete(const sonar_tally *t);

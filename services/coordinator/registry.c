@@ -28,12 +28,29 @@ typedef struct service {
     size_t n_inst, cap_inst;
 } service;
 
+/* Per-service summary kept in an array parallel to svcs, so that computing a
+ * gather's expected set reads one contiguous array instead of chasing every
+ * service's pointers (a registry keeps every service it ever saw). */
+typedef struct summary {
+    int64_t live_until; /* max over instances of seen_ms + 3 * heartbeat_ms; 0: none */
+    uint64_t deps_bloom; /* bit hash(dep) % 64 set for every dependency */
+} summary;
+
 struct sonar_registry {
     pthread_mutex_t mu;
     char *self;
     service **svcs;     /* sorted by name */
+    summary *sum;       /* parallel to svcs */
     size_t n, cap;
 };
+
+static uint64_t bloom_bit(const char *name)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *name; name++)
+        h = (h ^ (unsigned char)*name) * 1099511628211ull;
+    return 1ull << (h % 64);
+}
 
 static void free_strv(char **v, size_t n)
 {
@@ -84,6 +101,7 @@ void sonar_registry_destroy(sonar_registry *reg)
     for (size_t i = 0; i < reg->n; i++)
         service_free(reg->svcs[i]);
     free(reg->svcs);
+    free(reg->sum);
     free(reg->self);
     pthread_mutex_destroy(&reg->mu);
     free(reg);
@@ -126,9 +144,13 @@ static service *find_or_add(sonar_registry *reg, const char *name)
     if (reg->n == reg->cap) {
         size_t cap = reg->cap ? reg->cap * 2 : 16;
         service **v = realloc(reg->svcs, cap * sizeof *v);
-        if (v == NULL)
+        if (v != NULL)
+            reg->svcs = v;
+        summary *m = realloc(reg->sum, cap * sizeof *m);
+        if (m != NULL)
+            reg->sum = m;
+        if (v == NULL || m == NULL)
             return NULL;
-        reg->svcs = v;
         reg->cap = cap;
     }
     service *s = calloc(1, sizeof *s);
@@ -137,7 +159,9 @@ static service *find_or_add(sonar_registry *reg, const char *name)
         return NULL;
     }
     memmove(&reg->svcs[i + 1], &reg->svcs[i], (reg->n - i) * sizeof *reg->svcs);
+    memmove(&reg->sum[i + 1], &reg->sum[i], (reg->n - i) * sizeof *reg->sum);
     reg->svcs[i] = s;
+    reg->sum[i] = (summary){0, 0};
     reg->n++;
     return s;
 }
@@ -166,6 +190,25 @@ static instance *find_instance(service *s, const char *id)
         if (strcmp(s->inst[i].id, id) == 0)
             return &s->inst[i];
     return NULL;
+}
+
+/* Recomputes the summary of the service named `name` (after any change to it). */
+static void summarize(sonar_registry *reg, const char *name)
+{
+    bool found;
+    size_t i = find_index(reg, name, &found);
+    if (!found)
+        return;
+    const service *s = reg->svcs[i];
+    summary m = {0, 0};
+    for (size_t k = 0; k < s->n_inst; k++) {
+        int64_t until = s->inst[k].seen_ms + SONARD_MISSED_HEARTBEATS * s->inst[k].heartbeat_ms;
+        if (until > m.live_until)
+            m.live_until = until;
+    }
+    for (size_t k = 0; k < s->n_deps; k++)
+        m.deps_bloom |= bloom_bit(s->deps[k]);
+    reg->sum[i] = m;
 }
 
 static instance *add_instance(service *s, const char *id)
@@ -274,6 +317,7 @@ sonar_status sonar_registry_register(sonar_registry *reg, const sonar_register_m
     json_decref(s->checks);
     s->checks = checks;
     checks = NULL;
+    summarize(reg, s->name);
     if (out_new_instance != NULL)
         *out_new_instance = fresh;
 out:
@@ -293,6 +337,7 @@ sonar_status sonar_registry_leave(sonar_registry *reg, const char *service_name,
             instance_free(&s->inst[i]);
             s->inst[i] = s->inst[s->n_inst - 1];
             s->n_inst--;
+            summarize(reg, s->name);
             st = SONAR_OK;
             break;
         }
@@ -347,6 +392,7 @@ sonar_status sonar_registry_restore_service(sonar_registry *reg, const char *nam
         }
         json_object_set_new(s->checks, key, copy);
     }
+    summarize(reg, s->name);
 out:
     pthread_mutex_unlock(&reg->mu);
     return st;
@@ -378,6 +424,7 @@ sonar_status sonar_registry_restore_instance(sonar_registry *reg, const char *na
         in->heartbeat_ms = heartbeat_ms;
         in->seen_ms = now_ms - age;
         in->seen_wall = seen_wall_ms;
+        summarize(reg, s->name);
     }
 out:
     pthread_mutex_unlock(&reg->mu);
@@ -409,15 +456,15 @@ sonar_status sonar_registry_expected(sonar_registry *reg, const char *changed, i
     e.down = calloc(reg->n ? reg->n : 1, sizeof *e.down);
     if (e.live == NULL || e.down == NULL)
         goto oom;
+    uint64_t bit = bloom_bit(changed);
     for (size_t i = 0; i < reg->n; i++) {
-        service *s = reg->svcs[i];
-        prune(s, now_ms);
-        if (s->n_inst > 0) {
-            if ((e.live[e.n_live] = strdup(s->name)) == NULL)
+        /* Live iff some instance's seen + 3 heartbeats is still ahead (see summarize). */
+        if (reg->sum[i].live_until >= now_ms) {
+            if ((e.live[e.n_live] = strdup(reg->svcs[i]->name)) == NULL)
                 goto oom;
             e.n_live++;
-        } else if (depends_on(s, changed)) {
-            if ((e.down[e.n_down] = strdup(s->name)) == NULL)
+        } else if ((reg->sum[i].deps_bloom & bit) && depends_on(reg->svcs[i], changed)) {
+            if ((e.down[e.n_down] = strdup(reg->svcs[i]->name)) == NULL)
                 goto oom;
             e.n_down++;
         }

@@ -57,10 +57,42 @@ struct sonar_store {
     pthread_cond_t qcond;        /* jobs queued or stopping */
     pthread_cond_t synced;       /* a sync job completed */
     job *head, *tail;
+    size_t queued;               /* jobs in the queue */
+    uint64_t dropped;            /* jobs refused because the queue was full */
     bool running, stopping;
     pthread_t thread;
     int64_t retention_ms, prune_every_ms;
+    /* Prepared statements of the hot paths, keyed by their SQL text's address. */
+    struct {
+        const char *sql;
+        sqlite3_stmt *q;
+    } cache[8];
 };
+
+/* A prepared statement for `sql` (a static string), reset and ready; under st->mu. */
+static sqlite3_stmt *cached(sonar_store *st, const char *sql)
+{
+    size_t n = sizeof st->cache / sizeof st->cache[0];
+    for (size_t i = 0; i < n; i++) {
+        if (st->cache[i].sql == sql) {
+            sqlite3_reset(st->cache[i].q);
+            sqlite3_clear_bindings(st->cache[i].q);
+            return st->cache[i].q;
+        }
+    }
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &q, NULL) != SQLITE_OK)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (st->cache[i].sql == NULL) {
+            st->cache[i].sql = sql;
+            st->cache[i].q = q;
+            return q;
+        }
+    }
+    SONAR_REQUIRE(!"statement cache too small");
+    return NULL;
+}
 
 static sonar_status db_fail(sonar_store *st, const char *what)
 {
@@ -167,8 +199,8 @@ sonar_status sonar_store_schema_version(sonar_store *st, int *out)
 /* Binds text (NULL as ''), ints, in order: "t" text, "i" int64. */
 static sonar_status run(sonar_store *st, const char *sql, const char *fmt, ...)
 {
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
+    sqlite3_stmt *q = cached(st, sql);
+    if (q == NULL)
         return db_fail(st, "prepare");
     va_list ap;
     va_start(ap, fmt);
@@ -182,10 +214,9 @@ static sonar_status run(sonar_store *st, const char *sql, const char *fmt, ...)
     }
     va_end(ap);
     int rc = sqlite3_step(q);
-    sqlite3_finalize(q);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return db_fail(st, "step");
-    return SONAR_OK;
+    sonar_status s = rc == SQLITE_DONE || rc == SQLITE_ROW ? SONAR_OK : db_fail(st, "step");
+    sqlite3_reset(q);
+    return s;
 }
 
 static const char sql_service[] =
@@ -273,14 +304,15 @@ sonar_status sonar_store_prune(sonar_store *st, int64_t before_wall_ms, int64_t 
     return s;
 }
 
+static const char sql_get_report[] = "SELECT report FROM reports WHERE change_id = ?1";
+
 sonar_status sonar_store_get_report(sonar_store *st, const char *change_id, char **out)
 {
     sonar_status s = SONAR_OK;
     char *text = NULL;
     sqlite3_stmt *q = NULL;
     pthread_mutex_lock(&st->mu);
-    if (sqlite3_prepare_v2(st->db, "SELECT report FROM reports WHERE change_id = ?1", -1, &q,
-                           NULL) != SQLITE_OK) {
+    if ((q = cached(st, sql_get_report)) == NULL) {
         s = db_fail(st, "prepare");
         goto out;
     }
@@ -296,7 +328,7 @@ sonar_status sonar_store_get_report(sonar_store *st, const char *change_id, char
         s = db_fail(st, "reading a report");
     }
 out:
-    sqlite3_finalize(q);
+    sqlite3_reset(q);
     pthread_mutex_unlock(&st->mu);
     if (s == SONAR_OK)
         *out = text;
@@ -468,6 +500,7 @@ static void *writer_main(void *arg)
         }
         job *batch = st->head;
         st->head = st->tail = NULL;
+        st->queued = 0;
         bool stop = st->stopping;
         pthread_mutex_unlock(&st->qmu);
         if (batch != NULL)
@@ -516,7 +549,19 @@ static sonar_status enqueue(sonar_store *st, job *j)
     }
     pthread_mutex_lock(&st->qmu);
     bool running = st->running && !st->stopping;
+    if (running && st->queued >= SONARD_WRITER_QUEUE_MAX) {
+        /* The database cannot keep up: registrations come again with the next
+         * heartbeat, so dropping is better than growing without bound. */
+        bool first = st->dropped++ == 0;
+        pthread_mutex_unlock(&st->qmu);
+        job_free(j);
+        if (first)
+            sonar_log(SONAR_LOG_WARN, "store: writer queue full (%d jobs): dropping writes",
+                      SONARD_WRITER_QUEUE_MAX);
+        return sonar__fail(SONAR_ERR_LIMIT, "store: writer queue full");
+    }
     if (running) {
+        st->queued++;
         if (st->tail)
             st->tail->next = j;
         else
@@ -620,6 +665,8 @@ void sonar_store_close(sonar_store *st)
         pthread_join(st->thread, NULL);
         st->running = false;
     }
+    for (size_t i = 0; i < sizeof st->cache / sizeof st->cache[0]; i++)
+        sqlite3_finalize(st->cache[i].q);
     sqlite3_close(st->db);
     pthread_mutex_destroy(&st->mu);
     pthread_mutex_destroy(&st->qmu);

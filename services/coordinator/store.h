@@ -31,6 +31,8 @@
 
 /** Current schema version written by this build. */
 #define SONARD_SCHEMA_VERSION 2
+/** Most jobs the writer queue holds; beyond it enqueues fail with SONAR_ERR_LIMIT. */
+#define SONARD_WRITER_QUEUE_MAX 100000
 /** Rows deleted per transaction when pruning. */
 #define SONARD_PRUNE_BATCH 500
 
@@ -123,7 +125,9 @@ sonar_status sonar_store_start_writer(sonar_store *st, int64_t retention_ms,
 
 /**
  * \brief Queues a registration: upserts the service and the instance.
- *        All strings copied. Safe on NATS threads (no SQLite).
+ *        All strings copied. Safe on NATS threads (no SQLite). Every
+ *        enqueue fails with SONAR_ERR_LIMIT while SONARD_WRITER_QUEUE_MAX
+ *        jobs wait (a warning is logged once).
  */
 sonar_status sonar_store_enqueue_register(sonar_store *st, const char *service,
                                           const char *version, const char *depends_on_json,

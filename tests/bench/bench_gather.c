@@ -161,13 +161,15 @@ static void on_raw_result(natsConnection *nc, natsSubscription *sub, natsMsg *ms
     natsMsg_Destroy(msg);
 }
 
+static int run_no; /* makes change ids unique when a size is repeated */
+
 static int64_t raw_once(int n, int iter)
 {
     gather g = {.got = 0};
     pthread_mutex_init(&g.mu, NULL);
     pthread_cond_init(&g.cond, NULL);
     char cid[48], subject[96], body[512];
-    snprintf(cid, sizeof cid, "raw-%d-%d", n, iter);
+    snprintf(cid, sizeof cid, "raw-%d-%d-%d", run_no, n, iter);
     snprintf(subject, sizeof subject, "sonar.result.%s.*", cid);
     snprintf(body, sizeof body,
              "{\"type\":\"sonar.check.v1\",\"change_id\":\"%s\",\"service\":\"bench\","
@@ -198,14 +200,18 @@ static int64_t sonard_once(int n, int iter)
 {
     char body[512];
     snprintf(body, sizeof body,
-             "{\"type\":\"sonar.change.v1\",\"change_id\":\"co-%d-%d\",\"service\":\"bench\","
-             "\"version\":\"2.0.0\",\"address\":\"http://h:1\",\"timeout_ms\":10000}", n, iter);
+             "{\"type\":\"sonar.change.v1\",\"change_id\":\"co-%d-%d-%d\",\"service\":\"bench\","
+             "\"version\":\"2.0.0\",\"address\":\"http://h:1\",\"timeout_ms\":10000}", run_no, n,
+             iter);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t ns0 = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     natsMsg *m = NULL;
-    if (natsConnection_RequestString(&m, client, "sonar.change.bench", body, 20000) != NATS_OK)
+    natsStatus rs = natsConnection_RequestString(&m, client, "sonar.change.bench", body, 20000);
+    if (rs != NATS_OK) {
+        fprintf(stderr, "announce co-%d-%d: %s\n", n, iter, natsStatus_GetText(rs));
         die("announce: no reply");
+    }
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t took = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - ns0;
     json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
@@ -278,6 +284,33 @@ int main(int argc, char **argv)
         die("sonard does not answer");
     long rss_idle = rss_kib(pid);
 
+    /* Memory: 1000 registered services (depending on something else, so that
+     * after they leave they stay known but play no part in the gathers below). */
+    for (int i = 0; i < 1000; i++) {
+        char subject[64], body[512];
+        snprintf(subject, sizeof subject, "sonar.register.mem%04d", i);
+        snprintf(body, sizeof body,
+                 "{\"type\":\"sonar.register.v1\",\"service\":\"mem%04d\",\"instance\":\"i1\","
+                 "\"version\":\"1.0.0\",\"address\":\"http://10.0.0.1:8080\",\"depends_on\":"
+                 "[\"elsewhere\"],\"checks\":{\"elsewhere\":[\"probe\"]},\"heartbeat_ms\":3600000}", i);
+        natsConnection_PublishString(client, subject, body);
+    }
+    natsConnection_Flush(client);
+    if (!TEST_WAIT_UNTIL(live_services() >= 1000, 30000))
+        die("sonard does not see 1000 services");
+    printf("sonard RSS: %ld KiB idle, %ld KiB with %d registered live services\n", rss_idle,
+           rss_kib(pid), live_services());
+    for (int i = 0; i < 1000; i++) {
+        char subject[64], body[256];
+        snprintf(subject, sizeof subject, "sonar.leave.mem%04d", i);
+        snprintf(body, sizeof body,
+                 "{\"type\":\"sonar.leave.v1\",\"service\":\"mem%04d\",\"instance\":\"i1\"}", i);
+        natsConnection_PublishString(client, subject, body);
+    }
+    natsConnection_Flush(client);
+    if (!TEST_WAIT_UNTIL(live_services() == 0, 30000))
+        die("the memory services did not leave");
+
     printf("%-6s %10s %10s %10s %10s %8s %8s\n", "N", "raw p50", "raw p99", "sonard p50",
            "sonard p99", "p50 x", "p99 x");
     for (int s = 0; s < n_sizes; s++) {
@@ -285,15 +318,19 @@ int main(int argc, char **argv)
         grow_to(n);
         if (!TEST_WAIT_UNTIL(live_services() == n, 30000))
             die("sonard does not see every responder");
+        run_no = s;
         int iters = n <= 10 ? 300 : n <= 100 ? 150 : 60;
+        if (getenv("BENCH_ITERS") != NULL)
+            iters = atoi(getenv("BENCH_ITERS"));
         int64_t *raw = calloc((size_t)iters, sizeof *raw);
         int64_t *co = calloc((size_t)iters, sizeof *co);
         for (int w = 0; w < 5; w++) {
             raw_once(n, -1 - w);
             sonard_once(n, -1 - w);
         }
+        bool skip_raw = getenv("BENCH_NO_RAW") != NULL;
         for (int i = 0; i < iters; i++) {
-            raw[i] = raw_once(n, i);
+            raw[i] = skip_raw ? 1 : raw_once(n, i);
             co[i] = sonard_once(n, i);
         }
         qsort(raw, (size_t)iters, sizeof *raw, cmp64);
@@ -302,26 +339,11 @@ int main(int argc, char **argv)
         double c50 = pct(co, iters, 0.5), c99 = pct(co, iters, 0.99);
         printf("%-6d %8.3fms %8.3fms %8.3fms %8.3fms %7.2fx %7.2fx\n", n, r50, r99, c50, c99,
                c50 / r50, c99 / r99);
+        printf("       sonard RSS now %ld KiB\n", rss_kib(pid));
         fflush(stdout);
         free(raw);
         free(co);
     }
-
-    /* Memory: 1000 registered services. */
-    for (int i = 0; i < 1000; i++) {
-        char subject[64], body[512];
-        snprintf(subject, sizeof subject, "sonar.register.mem%04d", i);
-        snprintf(body, sizeof body,
-                 "{\"type\":\"sonar.register.v1\",\"service\":\"mem%04d\",\"instance\":\"i1\","
-                 "\"version\":\"1.0.0\",\"address\":\"http://10.0.0.1:8080\",\"depends_on\":"
-                 "[\"bench\"],\"checks\":{\"bench\":[\"probe\"]},\"heartbeat_ms\":3600000}", i);
-        natsConnection_PublishString(client, subject, body);
-    }
-    natsConnection_Flush(client);
-    if (!TEST_WAIT_UNTIL(live_services() >= 1000, 30000))
-        die("sonard does not see 1000 services");
-    printf("sonard RSS: %ld KiB idle, %ld KiB with %d registered services\n", rss_idle,
-           rss_kib(pid), live_services());
 
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
@@ -331,6 +353,9 @@ int main(int argc, char **argv)
     }
     natsConnection_Destroy(client);
     test_natsd_destroy(&nd);
-    test_rmtree(dir);
+    if (getenv("BENCH_KEEP") == NULL)
+        test_rmtree(dir);
+    else
+        printf("sonard log kept in %s\n", log);
     return 0;
 }

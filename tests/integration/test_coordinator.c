@@ -284,8 +284,32 @@ Test(coordinator, a_frozen_service_is_incomplete_with_no_answer)
     pid_t frozen = start_service("frozen", "chillybin", "pass", "ok", NULL);
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
     stop_pid(frozen, SIGSTOP);
-    json_t *r = announce("chillybin", "chg-frozen", 1500);
+    /* While the gather waits for the frozen one, a service nobody registered answers. */
+    natsInbox *inbox;
+    natsSubscription *sub, *gathering;
+    natsInbox_Create(&inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&gathering, nc, "sonar.gather.chg-frozen"), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox,
+        "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-frozen\",\"service\":\"chillybin\","
+        "\"version\":\"2\",\"address\":\"http://h:1\",\"timeout_ms\":1500}"), NATS_OK);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, gathering, 10000), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(natsConnection_PublishString(nc, "sonar.result.chg-frozen.stranger",
+        "{\"type\":\"sonar.result.v1\",\"change_id\":\"chg-frozen\",\"service\":\"stranger\","
+        "\"instance\":\"s1\",\"status\":\"none\",\"duration_ms\":1,\"checks\":[]}"), NATS_OK);
+    cr_assert_eq(natsSubscription_NextMsg(&m, sub, 10000), NATS_OK);
+    json_t *r = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    natsSubscription_Destroy(gathering);
+    natsInbox_Destroy(inbox);
     kill(frozen, SIGCONT);
+    json_t *stranger = result_of(r, "stranger");
+    cr_assert(json_is_true(json_object_get(stranger, "unregistered")), "flagged");
+    cr_assert_str_eq(str(stranger, "status"), "none");
+    cr_assert_eq(count(r, "expected"), 2, "an unregistered answer is not expected");
     cr_assert_str_eq(str(r, "verdict"), "incomplete");
     json_t *f = result_of(r, "frozen");
     cr_assert_str_eq(str(f, "status"), "incomplete");
@@ -320,9 +344,15 @@ Test(coordinator, announcing_a_change_id_again_returns_the_same_report)
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
     json_t *first = announce("chillybin", "chg-again", 5000);
     json_t *second = announce("chillybin", "chg-again", 5000);
-    cr_assert(json_equal(first, second), "the stored report is returned");
-    json_t *stored = request("sonar.api.report", "{\"change_id\":\"chg-again\"}", 2000);
-    cr_assert(json_equal(first, stored));
+    cr_assert(json_equal(first, second), "the same report is returned");
+    /* Stored right after the reply. */
+    json_t *stored = NULL;
+    cr_assert(TEST_WAIT_UNTIL((json_decref(stored),
+                               stored = request("sonar.api.report", "{\"change_id\":\"chg-again\"}", 1000),
+                               json_equal(first, stored)), 3000));
+    json_t *third = announce("chillybin", "chg-again", 5000);
+    cr_assert(json_equal(first, third), "the stored report is returned");
+    json_decref(third);
     json_t *hist = request("sonar.api.history", "{\"service\":\"chillybin\",\"limit\":5}", 2000);
     cr_assert_str_eq(str(hist, "type"), "sonar.history.v1");
     cr_assert_eq(json_array_size(json_object_get(hist, "reports")), 1);
@@ -397,9 +427,29 @@ static int total_reports(report_count *rc)
     return n;
 }
 
+/* How many coordinators answer $SRV.PING.sonard within 300 ms. */
+static int count_sonards(void)
+{
+    natsInbox *inbox;
+    natsSubscription *sub;
+    natsInbox_Create(&inbox);
+    natsConnection_SubscribeSync(&sub, nc, inbox);
+    natsConnection_PublishRequestString(nc, "$SRV.PING.sonard", inbox, "");
+    int n = 0;
+    natsMsg *m;
+    while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
+        n++;
+        natsMsg_Destroy(m);
+    }
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    return n;
+}
+
 Test(coordinator, two_coordinators_give_one_report_per_change)
 {
     start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(count_sonards() == 2, 10000), "the second sonard is up");
     const char *names[] = {"alpha", "beta"};
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     start_service("beta", NULL, NULL, NULL, NULL);
@@ -426,6 +476,18 @@ Test(coordinator, two_coordinators_give_one_report_per_change)
         snprintf(cid, sizeof cid, "two-%d", i);
         cr_assert_eq(json_integer_value(json_object_get(rc.ids, cid)), 1, "%s", cid);
     }
+    /* Each coordinator stores the other's reports: asked often enough, both answer. */
+    for (int i = 0; i < 8; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"change_id\":\"two-%d\"}", i);
+        for (int k = 0; k < 6; k++) {
+            json_t *stored = NULL;
+            cr_assert(TEST_WAIT_UNTIL(
+                (json_decref(stored), stored = request("sonar.api.report", body, 1000),
+                 strcmp(str(stored, "type"), "sonar.report.v1") == 0), 3000), "%s", body);
+            json_decref(stored);
+        }
+    }
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
     json_decref(rc.ids);
@@ -437,6 +499,12 @@ Test(coordinator, a_restarted_coordinator_keeps_history_and_rebuilds_the_registr
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
     json_t *before = announce("chillybin", "chg-keep", 5000);
+    /* The report is stored right after the reply. */
+    json_t *stored = NULL;
+    cr_assert(TEST_WAIT_UNTIL((json_decref(stored),
+                               stored = request("sonar.api.report", "{\"change_id\":\"chg-keep\"}", 1000),
+                               json_equal(stored, before)), 3000));
+    json_decref(stored);
     stop_pid(sonard_pid, SIGKILL);
     /* Registered while no coordinator runs, beating only every minute: only
      * sonar.discover at the restart can make it known quickly. */
@@ -588,9 +656,47 @@ Test(coordinator, garbage_on_every_subject_gets_errors_and_is_survived)
     cr_assert_eq(waitpid(sonard_pid, &status, WNOHANG), 0, "sonard is still running");
 }
 
-Test(coordinator, sigterm_stops_sonard_gracefully)
+Test(coordinator, sigterm_ends_running_gathers_and_stops_sonard_gracefully)
 {
+    const char *names[] = {"alpha", "frozen"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    pid_t frozen = start_service("frozen", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    json_t *done = announce("chillybin", "before-stop", 5000);
+    json_decref(done);
+    stop_pid(frozen, SIGSTOP);
+    natsInbox *inbox;
+    natsSubscription *sub;
+    natsSubscription *gathering;
+    natsInbox_Create(&inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&gathering, nc, "sonar.gather.at-stop"), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox,
+        "{\"type\":\"sonar.change.v1\",\"change_id\":\"at-stop\",\"service\":\"chillybin\","
+        "\"version\":\"2\",\"address\":\"http://h:1\",\"timeout_ms\":60000}"), NATS_OK);
+    /* The gather is under way once sonard announced it. */
+    natsMsg *g = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&g, gathering, 10000), NATS_OK);
+    json_t *gdoc = json_loadb(natsMsg_GetData(g), (size_t)natsMsg_GetDataLength(g), 0, NULL);
+    cr_assert_str_eq(str(gdoc, "type"), "sonar.gather.v1");
+    cr_assert_eq(json_array_size(json_object_get(gdoc, "expected")), 2);
+    json_decref(gdoc);
+    natsMsg_Destroy(g);
+    natsSubscription_Destroy(gathering);
+    int64_t t0 = test_now_ms();
     kill(sonard_pid, SIGTERM);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, sub, 20000), NATS_OK, "the waiting caller is answered");
+    cr_assert_lt(test_now_ms() - t0, 20000, "not at the 60 s deadline");
+    json_t *r = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    cr_assert_str_eq(str(r, "verdict"), "incomplete");
+    cr_assert_str_eq(str(result_of(r, "frozen"), "reason"),
+                     "no answer before the coordinator shut down");
+    json_decref(r);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    kill(frozen, SIGCONT);
     int status = 0;
     cr_assert(TEST_WAIT_UNTIL(waitpid(sonard_pid, &status, WNOHANG) == sonard_pid, 10000));
     for (int i = 0; i < n_pids; i++)
@@ -598,4 +704,75 @@ Test(coordinator, sigterm_stops_sonard_gracefully)
             pids[i] = 0;
     cr_assert(WIFEXITED(status));
     cr_assert_eq(WEXITSTATUS(status), 0);
+}
+
+Test(coordinator, reports_past_the_retention_are_pruned)
+{
+    stop_pid(sonard_pid, SIGTERM);
+    char db[400];
+    snprintf(db, sizeof db, "%s/short.db", dir);
+    char *argv[] = {(char *)test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
+                    "--retention", "1s", NULL};
+    spawn("short", argv);
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000));
+    json_t *r = announce("chillybin", "short-lived", 2000);
+    cr_assert_str_eq(str(r, "type"), "sonar.report.v1");
+    json_decref(r);
+    json_t *got = NULL;
+    cr_assert(TEST_WAIT_UNTIL((json_decref(got),
+                               got = request("sonar.api.report", "{\"change_id\":\"short-lived\"}", 1000),
+                               strcmp(str(got, "type"), "sonar.report.v1") == 0), 3000), "stored first");
+    int64_t t0 = test_now_ms();
+    cr_assert(TEST_WAIT_UNTIL((json_decref(got),
+                               got = request("sonar.api.report", "{\"change_id\":\"short-lived\"}", 1000),
+                               json_integer_value(json_object_get(got, "code")) == 404), 10000),
+              "pruned after the retention");
+    cr_assert_geq(test_now_ms() - t0, 500, "not before it was a second old");
+    json_decref(got);
+}
+
+/* Runs sonard with `args` to completion; returns its exit status. */
+static int run_sonard(char *const *args, int n)
+{
+    char *argv[16];
+    argv[0] = (char *)test_bin("SONARD_BIN");
+    for (int i = 0; i < n && i < 14; i++)
+        argv[i + 1] = args[i];
+    argv[n + 1] = NULL;
+    pid_t pid = spawn("flags", argv);
+    int status = 0;
+    cr_assert(TEST_WAIT_UNTIL(waitpid(pid, &status, WNOHANG) == pid, 15000));
+    for (int i = 0; i < n_pids; i++)
+        if (pids[i] == pid)
+            pids[i] = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Test(coordinator, flags_are_validated_with_clear_exit_codes)
+{
+    char *help[] = {"--help"};
+    cr_assert_eq(run_sonard(help, 1), 0);
+    char *bad_retention[] = {"--retention", "forever"};
+    cr_assert_eq(run_sonard(bad_retention, 2), 2);
+    char *bad_timeout[] = {"--default-timeout", "11m"};
+    cr_assert_eq(run_sonard(bad_timeout, 2), 2);
+    char *bad_workers[] = {"--workers", "0"};
+    cr_assert_eq(run_sonard(bad_workers, 2), 2);
+    char *unknown[] = {"--frobnicate"};
+    cr_assert_eq(run_sonard(unknown, 1), 2);
+    char *extra[] = {"stray"};
+    cr_assert_eq(run_sonard(extra, 1), 2);
+    char *bad_db[] = {"--server", nd.url, "--db", "/nonexistent-dir/x/sonard.db"};
+    cr_assert_eq(run_sonard(bad_db, 4), 1, "a database that cannot be opened");
+    char log[400];
+    snprintf(log, sizeof log, "%s/flags.log", dir);
+    FILE *f = fopen(log, "r");
+    char buf[8192] = {0};
+    size_t got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    cr_assert_gt(got, 0);
+    cr_assert(strstr(buf, "usage: sonard") != NULL);
+    cr_assert(strstr(buf, "--retention 'forever' is not a duration") != NULL, "%s", buf);
+    cr_assert(strstr(buf, "cannot open database") != NULL, "%s", buf);
 }

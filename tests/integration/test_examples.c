@@ -9,11 +9,15 @@
  * for by hand-publishing `sonar.check.v1` and reading
  * `sonar.result.<change_id>.jafflr` — passing against v1 and v2, failing
  * against the breaking `nome` variant with a message naming the endpoint;
+ * the same through the real sonard (`sonar.change.chillybin` -> report);
  * graceful shutdown finishing a request in flight and exiting 0.
  */
 #include <criterion/criterion.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +32,7 @@
 #include <sqlite3.h>
 
 #include "natsd.h"
+#include "sonar/promtext.h"
 
 extern char **environ;
 
@@ -555,7 +560,16 @@ Test(examples, chillybin_variant_comes_from_the_environment_and_flags_are_valida
     cr_expect_str_eq(json_string_value(json_object_get(r.json, "variant")), "v2");
     reply_free(&r);
     cr_expect_eq(status_of("GET", s.base, "/v2/pick?name=ham&quantity=1"), 200);
+
+    /* A second chillybin on the same port, or on a database it cannot create, exits 1. */
+    char other_db[320];
+    snprintf(other_db, sizeof other_db, "%s/other.db", tmpdir);
+    const char *same_port[] = { "--db", other_db, "--port", port, NULL };
+    cr_expect_eq(run_to_exit("SONAR_CHILLYBIN_BIN", "port-in-use", same_port, NULL), 1);
+    cr_expect_eq(status_of("GET", s.base, "/health"), 200, "the first one is unharmed");
     cr_expect_eq(stop(s.proc, SIGTERM), 0);
+    const char *no_dir[] = { "--db", "/nonexistent-dir/x.db", "--port", port, NULL };
+    cr_expect_eq(run_to_exit("SONAR_CHILLYBIN_BIN", "bad-db", no_dir, NULL), 1);
 
     const char *env_bad[] = { "CHILLYBIN_VARIANT=v9", NULL };
     cr_expect_eq(run_to_exit("SONAR_CHILLYBIN_BIN", "bad-variant", args, env_bad), 2);
@@ -743,6 +757,56 @@ static const char *status_str(json_t *obj)
     return s != NULL ? s : "(none)";
 }
 
+/* Asserts check \p name of \p res has \p status and a message containing each of \p needles. */
+static void expect_check(json_t *res, const char *name, const char *status,
+                         const char *const *needles)
+{
+    json_t *check = check_named(res, name);
+    cr_assert_not_null(check, "no check named \"%s\"", name);
+    cr_expect_str_eq(status_str(check), status, "%s", name);
+    const char *msg = json_string_value(json_object_get(check, "message"));
+    for (size_t i = 0; needles[i] != NULL; i++)
+        cr_expect(msg != NULL && strstr(msg, needles[i]) != NULL, "%s: \"%s\" lacks \"%s\"",
+                  name, msg ? msg : "(no message)", needles[i]);
+}
+
+Test(examples, chillybin_joins_sonar_without_dependencies_and_answers_none)
+{
+    natsSubscription *sub = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "sonar.register.chillybin"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    service cb = chillybin_start("v2", "stock.db", NULL);
+    json_t *reg = next_json(sub, 15000);
+    natsSubscription_Destroy(sub);
+    cr_assert_not_null(reg, "chillybin did not register");
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "version")), "2.0.0");
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "address")), cb.base);
+    cr_expect_eq(json_array_size(json_object_get(reg, "depends_on")), 0);
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", cb.base);
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "metrics")), url);
+    snprintf(url, sizeof url, "%s/health", cb.base);
+    cr_expect_str_eq(json_string_value(json_object_get(reg, "health")), url);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(reg, "metadata"), "variant")),
+                     "v2");
+    json_decref(reg);
+
+    /* A change to some other service: chillybin has no checks on it and says so. */
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "sonar.result.other-change.chillybin"),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_PublishString(
+                     nc, "sonar.check.jafflr",
+                     "{\"type\":\"sonar.check.v1\",\"change_id\":\"other-change\",\"service\":"
+                     "\"jafflr\",\"version\":\"9.9.9\",\"address\":\"http://127.0.0.1:1\","
+                     "\"timeout_ms\":5000}"), NATS_OK);
+    json_t *res = next_json(sub, 15000);
+    natsSubscription_Destroy(sub);
+    cr_assert_not_null(res, "no answer from chillybin");
+    cr_expect_str_eq(json_string_value(json_object_get(res, "status")), "none");
+    json_decref(res);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
+}
+
 Test(examples, jafflr_checks_pass_against_v1_and_v2_and_fail_against_nome)
 {
     service stable = chillybin_start("v1", "stable.db", NULL);
@@ -758,22 +822,19 @@ Test(examples, jafflr_checks_pass_against_v1_and_v2_and_fail_against_nome)
 
     res = check_candidate("change-v2", &v2, "2.0.0");
     cr_expect_str_eq(status_str(res), "pass", "v2: status %s", status_str(res));
-    json_t *in_stock = check_named(res, "pick in stock");
-    cr_assert_not_null(in_stock);
-    cr_expect(strstr(json_string_value(json_object_get(in_stock, "message")), "deprecated") != NULL,
-              "the report tells jafflr's team /pick is deprecated: %s",
-              json_string_value(json_object_get(in_stock, "message")));
+    /* The report tells jafflr's team that /pick is deprecated, and what replaces it. */
+    expect_check(res, "pick in stock", "pass",
+                 (const char *const[]){ "GET /pick is deprecated", "</v2/pick>", NULL });
     json_decref(res);
 
     res = check_candidate("change-nome", &nome, "3.0.0");
     cr_expect_str_eq(status_str(res), "fail", "nome: status %s", status_str(res));
-    json_t *failed = check_named(res, "pick in stock");
-    cr_assert_not_null(failed);
-    cr_expect_str_eq(status_str(failed), "fail");
-    const char *msg = json_string_value(json_object_get(failed, "message"));
-    cr_expect(msg != NULL && strstr(msg, "GET /pick?name=") && strstr(msg, "→ 400, expected 200") &&
-                  strstr(msg, "missing nome"), "the message names the endpoint and the fault: %s",
-              msg);
+    /* The message names the endpoint and what was wrong. */
+    expect_check(res, "pick in stock", "fail",
+                 (const char *const[]){ "GET /pick?name=probe-", "→ 400, expected 200",
+                                        "missing nome", NULL });
+    expect_check(res, "pick a missing ingredient", "fail",
+                 (const char *const[]){ "→ 400, expected 404", NULL });
     json_decref(res);
 
     /* The candidates' shelves got only probe ingredients; the stable chillybin was untouched. */
@@ -790,25 +851,274 @@ Test(examples, jafflr_on_v2_pick_checks_v2_pick)
 
     json_t *res = check_candidate("flag-v2", &v2, "2.0.1");
     cr_expect_str_eq(status_str(res), "pass", "v2: status %s", status_str(res));
-    cr_expect_not_null(check_named(res, "v2 pick in stock"));
+    expect_check(res, "v2 pick in stock", "pass",
+                 (const char *const[]){ "GET /v2/pick?name=probe-", "→ 200", NULL });
     json_decref(res);
 
     /* Rolling chillybin back to v1 would break this jafflr: sonar says so. */
     res = check_candidate("flag-v1", &v1, "1.0.0");
     cr_expect_str_eq(status_str(res), "fail");
-    json_t *failed = check_named(res, "v2 pick in stock");
-    cr_assert_not_null(failed);
-    const char *msg = json_string_value(json_object_get(failed, "message"));
-    cr_expect(msg != NULL && strstr(msg, "GET /v2/pick?name=") && strstr(msg, "→ 404"),
-              "message: %s", msg);
+    expect_check(res, "v2 pick in stock", "fail",
+                 (const char *const[]){ "GET /v2/pick?name=probe-", "→ 404, expected 200", NULL });
+    /* Even the case expecting 404 fails: v1's 404 is "no such endpoint", not the ingredient. */
+    expect_check(res, "v2 pick a missing ingredient", "fail",
+                 (const char *const[]){ "does not mention probe-", NULL });
     json_decref(res);
     cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+}
+
+/* ---- Through the coordinator: the gate a pipeline runs --------------------- */
+
+/* Request/reply on the bus; the parsed reply (new) or NULL. */
+static json_t *bus_request(const char *subject, const char *body, int64_t timeout_ms)
+{
+    natsMsg *m = NULL;
+    if (natsConnection_RequestString(&m, nc, subject, body, timeout_ms) != NATS_OK)
+        return NULL;
+    json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    natsMsg_Destroy(m);
+    return doc;
+}
+
+static bool sonard_answers(void)
+{
+    json_t *doc = bus_request("sonar.api.services", "{}", 200);
+    bool answered = doc != NULL;
+    json_decref(doc);
+    return answered;
+}
+
+/* True when sonard lists \p name as live. */
+static bool sonard_knows(const char *name)
+{
+    json_t *doc = bus_request("sonar.api.services", "{}", 1000);
+    bool live = false;
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(doc, "services"), i, s) {
+        const char *n = json_string_value(json_object_get(s, "service"));
+        if (n != NULL && strcmp(n, name) == 0)
+            live = json_is_true(json_object_get(s, "live"));
+    }
+    json_decref(doc);
+    return live;
+}
+
+/* Announces \p candidate as chillybin \p version to sonard; returns the report (new). */
+static json_t *announce(const service *candidate, const char *version)
+{
+    json_t *change = json_pack("{s:s, s:s, s:s, s:s, s:i}", "type", "sonar.change.v1", "service",
+                               "chillybin", "version", version, "address", candidate->base,
+                               "timeout_ms", 10000);
+    char *text = json_dumps(change, JSON_COMPACT);
+    json_decref(change);
+    json_t *report = bus_request("sonar.change.chillybin", text, 30000);
+    free(text);
+    cr_assert_not_null(report, "no report from sonard");
+    return report;
+}
+
+/* The entry of service \p name in a report, or NULL. */
+static json_t *report_entry(json_t *report, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(report, "results"), i, e) {
+        const char *n = json_string_value(json_object_get(e, "service"));
+        if (n != NULL && strcmp(n, name) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+Test(examples, sonard_passes_chillybin_v2_and_stops_nome_naming_jafflrs_check)
+{
+    char db[320];
+    snprintf(db, sizeof db, "%s/sonard.db", tmpdir);
+    const char *args[] = { "--server", natsd.url, "--db", db, "--default-timeout", "10s", NULL };
+    start("SONARD_BIN", "sonard", args, NULL);
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 15000), "sonard does not answer");
+
+    service stable = chillybin_start("v1", "stable.db", NULL);
+    service jf = jafflr_start(stable.base, false);
+    cr_assert(TEST_WAIT_UNTIL(sonard_knows("jafflr"), 15000), "sonard never saw jafflr");
+    service v2 = chillybin_start("v2", "v2.db", NULL);
+    service nome = chillybin_start("nome", "nome.db", NULL);
+
+    json_t *report = announce(&v2, "2.0.0");
+    cr_expect_str_eq(json_string_value(json_object_get(report, "verdict")), "pass");
+    json_t *entry = report_entry(report, "jafflr");
+    cr_assert_not_null(entry, "jafflr is in the report");
+    cr_expect_str_eq(status_str(entry), "pass");
+    expect_check(entry, "pick in stock", "pass",
+                 (const char *const[]){ "GET /pick is deprecated", NULL });
+    json_decref(report);
+
+    report = announce(&nome, "3.0.0");
+    cr_expect_str_eq(json_string_value(json_object_get(report, "verdict")), "fail");
+    entry = report_entry(report, "jafflr");
+    cr_assert_not_null(entry, "jafflr is in the report");
+    cr_expect_str_eq(status_str(entry), "fail");
+    expect_check(entry, "pick in stock", "fail",
+                 (const char *const[]){ "GET /pick?name=", "missing nome", NULL });
+    json_decref(report);
+    cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+}
+
+/* Parses \p base's /metrics with libsonar's Prometheus 0.0.4 parser (new result). */
+static sonar_promtext *scrape(const char *base)
+{
+    reply r = http("GET", base, "/metrics", NULL);
+    cr_assert_eq(r.status, 200);
+    char type[128];
+    cr_expect(header_of(&r, "Content-Type", type, sizeof type) != NULL &&
+                  strstr(type, "text/plain") && strstr(type, "version=0.0.4"),
+              "Content-Type: %s", type);
+    sonar_promtext *parsed = NULL;
+    sonar_promtext_error err;
+    sonar_status st = sonar_promtext_parse(&parsed, r.body, r.len, &err);
+    cr_assert_eq(st, SONAR_OK, "%s/metrics line %zu: %s", base, err.line, err.reason);
+    reply_free(&r);
+    return parsed;
+}
+
+static void expect_family(const sonar_promtext *p, const char *name, sonar_promtext_type type,
+                          size_t min_samples)
+{
+    const sonar_promtext_family *f = sonar_promtext_family_find(p, name);
+    cr_assert_not_null(f, "no family %s", name);
+    cr_expect_eq(f->type, type, "%s is a %s", name, sonar_promtext_type_str(f->type));
+    cr_expect_geq(f->n_samples, min_samples, "%s has %zu samples", name, f->n_samples);
+    cr_expect_not_null(f->help, "%s has HELP", name);
+}
+
+Test(examples, metrics_are_valid_prometheus_text)
+{
+    service cb = chillybin_start("v2", "stock.db", NULL);
+    service jf = jafflr_start(cb.base, false);
+    cr_assert_eq(status_of("GET", jf.base, "/toastie?i=cheese&i=ham"), 200);
+    cr_assert_eq(status_of("GET", jf.base, "/toastie?i=unicorn"), 409);
+
+    sonar_promtext *p = scrape(cb.base);
+    expect_family(p, "chillybin_http_requests_total", SONAR_PROMTEXT_COUNTER, 2);
+    expect_family(p, "chillybin_http_requests_in_flight", SONAR_PROMTEXT_GAUGE, 1);
+    expect_family(p, "chillybin_picks_total", SONAR_PROMTEXT_COUNTER, 1);
+    expect_family(p, "chillybin_stock", SONAR_PROMTEXT_GAUGE, 5);
+    expect_family(p, "chillybin_info", SONAR_PROMTEXT_GAUGE, 1);
+    const sonar_promtext_family *stock = sonar_promtext_family_find(p, "chillybin_stock");
+    for (size_t i = 0; i < stock->n_samples; i++) {
+        const char *ing = sonar_promtext_label_get(&stock->samples[i], "ingredient");
+        cr_assert_not_null(ing);
+        if (strcmp(ing, "cheese") == 0 || strcmp(ing, "ham") == 0)
+            cr_expect_eq(stock->samples[i].value, 19.0, "%s", ing);
+    }
+    sonar_promtext_destroy(p);
+
+    p = scrape(jf.base);
+    expect_family(p, "jafflr_http_requests_total", SONAR_PROMTEXT_COUNTER, 2);
+    expect_family(p, "jafflr_toasties_total", SONAR_PROMTEXT_COUNTER, 1);
+    expect_family(p, "jafflr_toastie_failures_total", SONAR_PROMTEXT_COUNTER, 3);
+    sonar_promtext_destroy(p);
+    cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
+}
+
+/* ---- Concurrency and garbage ---------------------------------------------- */
+
+typedef struct picker {
+    const char *base;
+    int ok, conflict, other;
+} picker;
+
+static void *pick_three(void *arg)
+{
+    picker *p = arg;
+    for (int i = 0; i < 3; i++) {
+        long s = status_of("GET", p->base, "/pick?name=olive&quantity=1");
+        if (s == 200)
+            p->ok++;
+        else if (s == 409)
+            p->conflict++;
+        else
+            p->other++;
+    }
+    return NULL;
+}
+
+Test(examples, concurrent_picks_never_take_more_than_there_is)
+{
+    service cb = chillybin_start("v1", "stock.db", NULL);
+    reply r = http("POST", cb.base, "/restock", "{\"name\":\"olive\",\"quantity\":20}");
+    cr_assert_eq(r.status, 200);
+    reply_free(&r);
+
+    enum { N = 8 };
+    picker pickers[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        pickers[i] = (picker){ .base = cb.base };
+        cr_assert_eq(pthread_create(&threads[i], NULL, pick_three, &pickers[i]), 0);
+    }
+    int ok = 0, conflict = 0, other = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        ok += pickers[i].ok;
+        conflict += pickers[i].conflict;
+        other += pickers[i].other;
+    }
+    cr_expect_eq(ok, 20, "exactly the 20 olives were picked");
+    cr_expect_eq(conflict, 4, "the other 4 picks were refused");
+    cr_expect_eq(other, 0);
+    cr_expect_eq(stock_of(cb.base, "olive"), 0);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
+}
+
+/* Writes \p len bytes to a fresh connection, reads whatever comes back, closes. */
+static void send_raw(int port, const char *bytes, size_t len)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(write(fd, bytes, len), (ssize_t)len);
+    shutdown(fd, SHUT_WR);
+    char buf[4096];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    close(fd);
+}
+
+Test(examples, garbage_connections_do_not_hurt_either_service)
+{
+    service cb = chillybin_start("v1", "stock.db", NULL);
+    service jf = jafflr_start(cb.base, false);
+    static const char binary[] = "\x00\x01\x02\xff\xfe garbage\r\n\r\n";
+    send_raw(cb.port, binary, sizeof binary - 1);
+    send_raw(jf.port, binary, sizeof binary - 1);
+    static const char *const junk[] = {
+        "GET /pick?name=cheese&quantity=1 HTTP/9.9\r\n\r\n",
+        "POST /restock HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
+        "POST /restock HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "GET /toastie?i=%ZZ&i=%00cheese HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /",
+    };
+    for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++) {
+        send_raw(cb.port, junk[i], strlen(junk[i]));
+        send_raw(jf.port, junk[i], strlen(junk[i]));
+    }
+    cr_expect_eq(status_of("GET", cb.base, "/health"), 200);
+    cr_expect_eq(status_of("GET", jf.base, "/health"), 200);
+    cr_expect_eq(stock_of(cb.base, "cheese"), 20, "no garbage took stock");
+    cr_expect_eq(stop(jf.proc, SIGTERM), 0);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
 }
 
 /* ---- Graceful shutdown --------------------------------------------------- */
 
 typedef struct slow_pick {
     const char *base;
+    const char *path;
     long status;
     bool done;
     pthread_mutex_t lock;
@@ -817,7 +1127,7 @@ typedef struct slow_pick {
 static void *do_slow_pick(void *arg)
 {
     slow_pick *sp = arg;
-    long s = status_of("GET", sp->base, "/pick?name=cheese&quantity=1");
+    long s = status_of("GET", sp->base, sp->path);
     pthread_mutex_lock(&sp->lock);
     sp->status = s;
     sp->done = true;
@@ -833,6 +1143,21 @@ static bool slow_pick_done(slow_pick *sp)
     return d;
 }
 
+/*
+ * Starts GET \p path on \p base on a thread and returns once chillybin
+ * (\p chillybin_base, started with --slow-ms) is serving a pick: its
+ * in-flight gauge counts that pick and the /metrics request asking.
+ */
+static void start_in_flight(slow_pick *sp, pthread_t *t, const char *base, const char *path,
+                            const char *chillybin_base)
+{
+    *sp = (slow_pick){ .base = base, .path = path };
+    pthread_mutex_init(&sp->lock, NULL);
+    cr_assert_eq(pthread_create(t, NULL, do_slow_pick, sp), 0);
+    cr_assert(TEST_WAIT_UNTIL(metric(chillybin_base, "chillybin_http_requests_in_flight") >= 2,
+                              10000), "the request never got in flight");
+}
+
 Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0)
 {
     const char *slow[] = { "--slow-ms", "1500", NULL };
@@ -841,12 +1166,9 @@ Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0
     cr_assert_eq(natsConnection_SubscribeSync(&leave, nc, "sonar.leave.chillybin"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
 
-    slow_pick sp = { .base = cb.base };
-    pthread_mutex_init(&sp.lock, NULL);
+    slow_pick sp;
     pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, do_slow_pick, &sp), 0);
-    /* In flight: the pick and the /metrics request asking. */
-    cr_assert(TEST_WAIT_UNTIL(metric(cb.base, "chillybin_http_requests_in_flight") >= 2, 10000));
+    start_in_flight(&sp, &t, cb.base, "/pick?name=cheese&quantity=1", cb.base);
 
     kill(cb.proc->pid, SIGTERM);
     /* New connections are refused at once, while the pick is still being served. */
@@ -869,4 +1191,23 @@ Test(examples, sigterm_finishes_the_request_in_flight_leaves_the_bus_and_exits_0
     cb = chillybin_start("v1", "stock.db", NULL);
     cr_expect_eq(stock_of(cb.base, "cheese"), 19);
     cr_expect_eq(stop(cb.proc, SIGINT), 0);
+}
+
+Test(examples, jafflr_finishes_a_toastie_in_flight_on_sigterm)
+{
+    const char *slow[] = { "--slow-ms", "1000", NULL };
+    service cb = chillybin_start("v1", "stock.db", slow);
+    service jf = jafflr_start(cb.base, false);
+
+    slow_pick sp;
+    pthread_t t;
+    start_in_flight(&sp, &t, jf.base, "/toastie?i=ham", cb.base);
+    kill(jf.proc->pid, SIGTERM);
+    cr_assert(TEST_WAIT_UNTIL(proc_reaped(jf.proc), 15000), "jafflr did not exit");
+    pthread_join(t, NULL);
+    cr_expect_eq(sp.status, 200, "the toastie in flight was made");
+    cr_expect(WIFEXITED(jf.proc->status) && WEXITSTATUS(jf.proc->status) == 0);
+    pthread_mutex_destroy(&sp.lock);
+    cr_expect_eq(stock_of(cb.base, "ham"), 19);
+    cr_expect_eq(stop(cb.proc, SIGTERM), 0);
 }

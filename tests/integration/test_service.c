@@ -116,7 +116,7 @@ static void decode_result(test_collector *c, size_t i, sonar_result_msg *out)
 static natsMsg *request(const char *subject, const char *body)
 {
     natsMsg *reply = NULL;
-    natsStatus s = natsConnection_RequestString(&reply, test_nc, subject, body, 2000);
+    natsStatus s = natsConnection_RequestString(&reply, test_nc, subject, body, 10000);
     cr_assert_eq(s, NATS_OK, "request on %s: %s", subject, natsStatus_GetText(s));
     return reply;
 }

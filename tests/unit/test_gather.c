@@ -44,7 +44,7 @@ static sonar_status answer(sonar_tally *t, const char *cid, const char *who, son
         r.checks[0].message = strdup(message ? message : "");
         r.n_checks = 1;
     }
-    sonar_status s = sonar_tally_add(t, &r);
+    sonar_status s = sonar_tally_add(t, &r, strncmp(who, "known", 5) == 0);
     sonar_result_finish(&r);
     return s;
 }
@@ -150,6 +150,21 @@ Test(gather, unregistered_answers_are_included_and_flagged)
     cr_assert_str_eq(e->reason, SONARD_REASON_UNREGISTERED);
     cr_assert_not(entry(&r, "a")->unregistered);
     cr_assert_eq(r.verdict, SONAR_PASS);
+    sonar_report_finish(&r);
+    sonar_tally_destroy(t);
+}
+
+Test(gather, an_unexpected_answer_from_a_known_service_is_not_flagged)
+{
+    const char *live[] = {"a"};
+    sonar_tally *t = tally(1, live, 0, NULL);
+    cr_assert_eq(answer(t, "c1", "known-late", SONAR_NONE, NULL), SONAR_OK);
+    cr_assert_eq(answer(t, "c1", "a", SONAR_NONE, NULL), SONAR_OK);
+    sonar_report_msg r;
+    cr_assert_eq(sonar_tally_report(t, 100, NULL, &r), SONAR_OK);
+    cr_assert_eq(r.n_results, 2);
+    cr_assert_not(entry(&r, "known-late")->unregistered);
+    cr_assert_str_eq(entry(&r, "known-late")->reason, "");
     sonar_report_finish(&r);
     sonar_tally_destroy(t);
 }

@@ -315,8 +315,8 @@ int main(int argc, char **argv)
         } else if (c == 'V') {
             variant_text = optarg;
         } else if (c == 's') {
-            if (!kitchen_parse_int(optarg, 0, 600000, &slow_ms)) {
-                fprintf(stderr, "chillybin: --slow-ms %s: expected 0..600000\n", optarg);
+            if (!kitchen_parse_int(optarg, 0, 60000, &slow_ms)) {
+                fprintf(stderr, "chillybin: --slow-ms %s: expected 0..60000\n", optarg);
                 return 2;
             }
         } else {

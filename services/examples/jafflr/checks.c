@@ -10,7 +10,8 @@
  *      real stock (stock 0 leaves it missing on purpose);
  *   2. picks it the way jafflr does (GET /pick or /v2/pick);
  *   3. asserts the status and the body: on 200 the ingredient, the units
- *      taken and the units remaining; on an error a JSON {"error": "..."}.
+ *      taken and the units remaining; on an error a JSON {"error": "..."}
+ *      that mentions what was wrong (the ingredient, or the quantity).
  *
  * A failing case reports which request went wrong and how, e.g.
  *   GET /pick?name=probe-x&quantity=1 → 400, expected 200: missing nome
@@ -31,21 +32,25 @@
 const jafflr_pick_api jafflr_pick_v1 = { "/pick", "name", "quantity", false };
 const jafflr_pick_api jafflr_pick_v2 = { "/v2/pick", "ingredient", "taken", true };
 
+/* In the table: the error text must name the probe ingredient. */
+static const char THE_INGREDIENT[] = "(the ingredient)";
+
 typedef struct pick_case {
     const char *name;       /* the check's name in sonar's reports */
     int stock;              /* setup: units of a fresh ingredient put on the shelf (0: none) */
     const char *quantity;   /* the pick's quantity parameter, as sent */
     long status;            /* expected HTTP status */
     long long remaining;    /* on 200: expected units left (the taken units must equal quantity) */
+    const char *mentions;   /* otherwise: what the "error" text must mention */
 } pick_case;
 
 static const pick_case cases[] = {
-    /* name                          stock  quantity  status  remaining */
-    { "pick in stock",                   3,      "1",    200,      2 },
-    { "pick the last units",             2,      "2",    200,      0 },
-    { "pick more than there is",         1,      "2",    409,     -1 },
-    { "pick a missing ingredient",       0,      "1",    404,     -1 },
-    { "pick with a bad quantity",        1,   "lots",    400,     -1 },
+    /* name                       stock  quantity  status  remaining  error mentions */
+    { "pick in stock",                3,      "1",    200,      2,    NULL },
+    { "pick the last units",          2,      "2",    200,      0,    NULL },
+    { "pick more than there is",      1,      "2",    409,     -1,    THE_INGREDIENT },
+    { "pick a missing ingredient",    0,      "1",    404,     -1,    THE_INGREDIENT },
+    { "pick with a bad quantity",     1,   "lots",    400,     -1,    "quantity" },
 };
 
 /* A fresh ingredient name, e.g. "probe-k3x9...": chillybin's names are lower case. */
@@ -119,9 +124,11 @@ static sonar_check_status run_case(sonar_check_ctx *ctx, const jafflr_pick_api *
                               resp.status);
     } else if (c->status == 200) {
         st = assert_picked(ctx, api, c, path, ingredient, doc);
-    } else if (*error_text(doc) == '\0') {
-        st = sonar_check_fail(ctx, "GET %s → %ld but the body has no \"error\" text", path,
-                              resp.status);
+    } else {
+        const char *want = c->mentions == THE_INGREDIENT ? ingredient : c->mentions;
+        if (strstr(error_text(doc), want) == NULL)
+            st = sonar_check_fail(ctx, "GET %s → %ld but the error \"%s\" does not mention %s",
+                                  path, resp.status, error_text(doc), want);
     }
 
     /* A deprecated endpoint still passes, and the report says so. */

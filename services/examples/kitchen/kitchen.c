@@ -511,7 +511,15 @@ int kitchen_flag(kitchen_flags *f, const char *prog, int c, const char *arg)
     switch (c) {
     case 'a': f->address = arg; return 1;
     case 'v': f->version = arg; return 1;
-    case 'A': f->advertise = arg; return 1;
+    case 'A':
+        if ((strncmp(arg, "http://", 7) == 0 || strncmp(arg, "https://", 8) == 0) &&
+            strlen(arg) < KITCHEN_URL_MAX) {
+            f->advertise = arg;
+            return 1;
+        }
+        fprintf(stderr, "%s: --advertise %s: expected an http:// or https:// URL (under 300 bytes)\n",
+                prog, arg);
+        return -1;
     case 'n': f->join = false; return 1;
     case 'p':
         if (kitchen_parse_int(arg, 1, 65535, &f->port))

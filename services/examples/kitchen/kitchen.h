@@ -11,12 +11,12 @@
  * A service's main() goes:
  * \code
  *   kitchen_block_signals();                 // first, before any thread starts
+ *   ... parse flags (kitchen_flag), open storage ...
  *   kitchen_server *srv;
  *   kitchen_server_create(&srv, &cfg);       // listening, handlers on their own threads
- *   ... join sonar ...
- *   int sig = kitchen_wait_for_signal();     // SIGTERM or SIGINT
- *   kitchen_server_drain(srv, 10000);        // stop accepting, finish requests in flight
- *   ... leave sonar ...
+ *   ... join sonar (sonar_service_create/start) ...
+ *   kitchen_serve_until_signal(srv);         // SIGTERM/SIGINT: stop accepting, finish requests in flight
+ *   sonar_service_destroy(svc);              // leave the bus
  *   kitchen_server_destroy(srv);
  * \endcode
  *
@@ -180,9 +180,12 @@ int kitchen_flag(kitchen_flags *f, const char *prog, int c, const char *arg);
 
 /* ---- Announced addresses ------------------------------------------------ */
 
+/** Longest announced base URL (--advertise), in bytes with the NUL. */
+#define KITCHEN_URL_MAX 300
+
 /** The URLs a service announces to sonar. */
 typedef struct kitchen_urls {
-    char base[300];     /**< e.g. "http://127.0.0.1:8081" */
+    char base[KITCHEN_URL_MAX]; /**< e.g. "http://127.0.0.1:8081" */
     char health[340];   /**< base + "/health" */
     char metrics[340];  /**< base + "/metrics" */
 } kitchen_urls;
