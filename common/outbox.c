@@ -23,7 +23,10 @@
 
 #define MSG_ID_HEADER "Nats-Msg-Id"
 #define PRUNE_BATCH 500
-#define MAX_SUBJECT_STATES 4096
+#define MAX_SUBJECT_STATES 256
+/* Answered rows are recorded at least this often (or at a quarter window):
+ * fewer write transactions competing with the producer for the lock. */
+#define SETTLE_EVERY_MS 5
 
 /* ---- Schema ------------------------------------------------------------ */
 
@@ -35,11 +38,19 @@ static const char schema_v1[] =
     "  headers TEXT,"
     "  created_ms INTEGER NOT NULL,"
     "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  last_error TEXT,"
-    "  sent_ms INTEGER,"
-    "  stream_seq INTEGER);"
-    "CREATE INDEX IF NOT EXISTS sonar_outbox_pending ON sonar_outbox(id) WHERE sent_ms IS NULL;"
-    "CREATE INDEX IF NOT EXISTS sonar_outbox_sent ON sonar_outbox(sent_ms) WHERE sent_ms IS NOT NULL;"
+    "  last_error TEXT);"
+    /* Published rows kept for the retention period (none by default). A
+     * separate table keeps the pending table free of secondary indexes:
+     * enqueue is one B-tree insert plus the AUTOINCREMENT counter. */
+    "CREATE TABLE IF NOT EXISTS sonar_outbox_sent ("
+    "  id INTEGER PRIMARY KEY,"
+    "  subject TEXT NOT NULL,"
+    "  payload BLOB NOT NULL,"
+    "  headers TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  sent_ms INTEGER NOT NULL,"
+    "  stream_seq INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS sonar_outbox_sent_at ON sonar_outbox_sent(sent_ms);"
     "CREATE TABLE IF NOT EXISTS sonar_outbox_dead ("
     "  id INTEGER PRIMARY KEY,"
     "  subject TEXT NOT NULL,"
@@ -110,6 +121,12 @@ sonar_status sonar_outbox_migrate(sqlite3 *db)
 }
 
 /* ---- Enqueue ----------------------------------------------------------- */
+
+void sonar_outbox_set_busy_handler(sqlite3 *db)
+{
+    if (db)
+        sonar__db_fast_busy(db);
+}
 
 bool sonar_outbox_subject_valid(const char *subject)
 {
@@ -290,6 +307,7 @@ struct sonar_outbox {
     int64_t idle_ms;
     int64_t prune_due_ms;      /* wall clock; INT64_MAX: nothing retained */
     int64_t pending_refresh_ms;
+    int64_t last_settle_ms;
     unsigned rng;
 
     sonar_outbox_stats st;     /* guarded by mu */
@@ -729,20 +747,26 @@ static verdict classify(sonar_outbox *ob, const slot *s, subject_state *ss, int6
     return V_RETRY_ALL; /* timeouts, connection errors */
 }
 
+/* A confirmed row: copied to sonar_outbox_sent when retained, then deleted. */
 static sonar_status step_done(sonar_outbox *ob, const slot *s, int64_t wall)
 {
-    sqlite3_stmt *st = ob->cfg.retention_ms > 0 ? ob->st_mark : ob->st_delete;
-    sqlite3_reset(st);
+    int rc = SQLITE_DONE;
     if (ob->cfg.retention_ms > 0) {
+        sqlite3_stmt *st = ob->st_mark;
+        sqlite3_reset(st);
         sqlite3_bind_int64(st, 1, wall);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)s->seq);
         sqlite3_bind_int64(st, 3, s->id);
-    } else {
-        sqlite3_bind_int64(st, 1, s->id);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
     }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: marking row sent");
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(ob->st_delete);
+        sqlite3_bind_int64(ob->st_delete, 1, s->id);
+        rc = sqlite3_step(ob->st_delete);
+        sqlite3_reset(ob->st_delete);
+    }
+    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: recording a sent row");
 }
 
 static sonar_status step_dead(sonar_outbox *ob, const slot *s, const char *why, int64_t wall)
@@ -805,7 +829,11 @@ static sonar_status settle_prefix(sonar_outbox *ob, size_t k)
         slot *sl = &ob->slots[i];
         if (sl->state == SLOT_IDLE)
             continue;
-        subject_state *ss = subject_find(ob, sl->subject, true);
+        /* Subject state exists only for subjects that failed lately, so the
+         * common case (nothing failing) costs no lookup. */
+        subject_state *ss = ob->n_subs || sl->state != SLOT_OK
+                                ? subject_find(ob, sl->subject, sl->state != SLOT_OK)
+                                : NULL;
         verdict v = classify(ob, sl, ss, now);
         count_query(ob);
         switch (v) {
@@ -889,8 +917,8 @@ static void refresh_pending(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int64_t pending = 0, oldest = 0, dead = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "SELECT (SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL),"
-                           " (SELECT min(created_ms) FROM sonar_outbox WHERE sent_ms IS NULL),"
+                           "SELECT (SELECT count(*) FROM sonar_outbox),"
+                           " (SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1),"
                            " (SELECT count(*) FROM sonar_outbox_dead)",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
@@ -917,8 +945,8 @@ static void prune(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int deleted = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "DELETE FROM sonar_outbox WHERE id IN (SELECT id FROM sonar_outbox"
-                           " WHERE sent_ms IS NOT NULL AND sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
+                           "DELETE FROM sonar_outbox_sent WHERE id IN (SELECT id FROM"
+                           " sonar_outbox_sent WHERE sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
                            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, wall - ob->cfg.retention_ms);
         sqlite3_bind_int(st, 2, PRUNE_BATCH);
@@ -935,7 +963,7 @@ static void prune(sonar_outbox *ob)
         return;
     }
     int64_t oldest = INT64_MAX;
-    sonar__db_int(ob->db, "SELECT min(sent_ms) FROM sonar_outbox WHERE sent_ms IS NOT NULL",
+    sonar__db_int(ob->db, "SELECT min(sent_ms) FROM sonar_outbox_sent",
                   NULL, INT64_MAX, &oldest);
     count_query(ob);
     ob->prune_due_ms = oldest == INT64_MAX ? INT64_MAX : oldest + ob->cfg.retention_ms;
@@ -946,7 +974,7 @@ static void warn_beyond_window(sonar_outbox *ob)
     int64_t n = 0;
     char sql[160];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL AND attempts > 0"
+             "SELECT count(*) FROM sonar_outbox WHERE attempts > 0"
              " AND created_ms < %" PRId64,
              sonar_wall_ms() - ob->cfg.duplicate_window_ms);
     if (sonar__db_int(ob->db, sql, NULL, 0, &n) == SONAR_OK && n > 0)
@@ -1009,7 +1037,7 @@ static void idle_wait(sonar_outbox *ob, int64_t now, int64_t next_unblock)
 
 /* Loads more rows into the window and publishes them. Returns false when
  * there was nothing to do and the relay waited idle. */
-static bool fill_window(sonar_outbox *ob, bool *more_waiting)
+static bool fill_window(sonar_outbox *ob, bool *more_waiting, long *loaded_out)
 {
     size_t w = (size_t)ob->cfg.max_in_flight;
     int64_t now = sonar_now_ms(), next_unblock;
@@ -1036,6 +1064,7 @@ static bool fill_window(sonar_outbox *ob, bool *more_waiting)
     size_t want = w - ob->n_slots;
     long loaded = load_more(ob, blocked, want);
     free(blocked);
+    *loaded_out = loaded > 0 ? loaded : 0;
     if (loaded < 0) {
         sonar_log(SONAR_LOG_WARN, "outbox %s: %s", ob->name, sonar_last_error());
         if (ob->n_slots == 0)
@@ -1109,8 +1138,9 @@ static void *relay_main(void *arg)
             continue;
         }
         bool more_waiting = false;
+        long loaded = 0;
         if (up && !ob->draining && ob->n_slots < (size_t)ob->cfg.max_in_flight) {
-            if (!fill_window(ob, &more_waiting))
+            if (!fill_window(ob, &more_waiting, &loaded))
                 continue; /* idle */
         }
         if (ob->n_slots == 0)
@@ -1119,13 +1149,24 @@ static void *relay_main(void *arg)
             more_waiting = true; /* full window: settle a quarter, then refill */
         await_some(ob, more_waiting);
         size_t k = resolved_prefix(ob);
-        if (k > 0) {
+        size_t quarter = (size_t)ob->cfg.max_in_flight / 4;
+        int64_t now = sonar_now_ms();
+        bool due = ob->draining || k >= quarter || ob->n_slots >= (size_t)ob->cfg.max_in_flight ||
+                   now - ob->last_settle_ms >= SETTLE_EVERY_MS;
+        if (k > 0 && due) {
             sonar_status s = settle_prefix(ob, k);
+            ob->last_settle_ms = now;
             if (s != SONAR_OK) {
                 sonar_log(SONAR_LOG_WARN, "outbox %s: %s (rows stay pending)", ob->name,
                           sonar_last_error());
                 relay_wait(ob, 100);
             }
+        } else if (k > 0 && loaded == 0) {
+            pthread_mutex_lock(&ob->mu);
+            bool quiet = ob->inflight == 0;
+            pthread_mutex_unlock(&ob->mu);
+            if (quiet) /* nothing to publish or await: record the answers soon */
+                relay_wait(ob, SETTLE_EVERY_MS - (now - ob->last_settle_ms));
         }
         if (ob->n_slots == 0 && ob->draining)
             end_pass(ob);
@@ -1238,14 +1279,16 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
                               "SELECT id, subject, payload, headers, created_ms FROM sonar_outbox"
-                              " WHERE sent_ms IS NULL AND id > ?3 AND subject NOT IN"
+                              " WHERE id > ?3 AND subject NOT IN"
                               " (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
                               &ob->st_select);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db, "DELETE FROM sonar_outbox WHERE id=?1", &ob->st_delete);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
-                              "UPDATE sonar_outbox SET sent_ms=?1, stream_seq=?2 WHERE id=?3",
+                              "INSERT OR REPLACE INTO sonar_outbox_sent(id, subject, payload,"
+                              " headers, created_ms, sent_ms, stream_seq) SELECT id, subject,"
+                              " payload, headers, created_ms, ?1, ?2 FROM sonar_outbox WHERE id=?3",
                               &ob->st_mark);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
@@ -1340,7 +1383,8 @@ static sonar_status open_outbox_db(sqlite3 **out, const char *path, bool read_on
     if (s != SONAR_OK)
         return s;
     if (!sonar__db_has_table(db, "sonar_outbox_meta") || !sonar__db_has_table(db, "sonar_outbox") ||
-        !sonar__db_has_table(db, "sonar_outbox_dead")) {
+        !sonar__db_has_table(db, "sonar_outbox_dead") ||
+        !sonar__db_has_table(db, "sonar_outbox_sent")) {
         /* A non-SQLite file fails here too ("file is not a database"). */
         s = sonar__fail(SONAR_ERR_INVALID, "%s: not an outbox database", path);
         sqlite3_close(db);
@@ -1364,13 +1408,13 @@ sonar_status sonar_outbox_db_status_read(sonar_outbox_db_status *out, const char
     if (s == SONAR_OK && (s = meta_get(db, "schema_version", buf, sizeof buf, &found)) == SONAR_OK)
         r.schema_version = found ? atoi(buf) : 0;
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL", NULL, 0,
+        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox", NULL, 0,
                           &r.pending);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT min(created_ms) FROM sonar_outbox WHERE sent_ms IS NULL",
+        s = sonar__db_int(db, "SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1",
                           NULL, 0, &oldest);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NOT NULL",
+        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_sent",
                           NULL, 0, &r.sent_retained);
     if (s == SONAR_OK)
         s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_dead", NULL, 0, &r.dead);

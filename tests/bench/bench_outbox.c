@@ -83,6 +83,27 @@ static double sqlite_commit_rate(const char *sync, long n)
     return rate;
 }
 
+/* Producer cost alone: one sonar_outbox_enqueue() per transaction, no relay. */
+static double enqueue_rate(long n)
+{
+    char path[320];
+    snprintf(path, sizeof path, "%s/enqueue-only.db", dir);
+    sqlite3 *db = tu_db_open(path);
+    sonar_outbox_migrate(db);
+    sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    char payload[128];
+    int64_t t0 = sonar_now_ns();
+    for (long i = 0; i < n; i++) {
+        int len = snprintf(payload, sizeof payload, "%ld %-90s", i, "x");
+        sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+        sonar_outbox_enqueue(NULL, db, "bench.enqueue", payload, (size_t)len, NULL);
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    }
+    double rate = (double)n / secs(sonar_now_ns() - t0);
+    sqlite3_close(db);
+    return rate;
+}
+
 /* ---- 2. raw js_PublishAsync --------------------------------------------- */
 
 static double raw_publish_rate(natsConnection *nc, long n)
@@ -159,6 +180,8 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
     snprintf(filter, sizeof filter, "bench.%s", tag);
     sqlite3 *db = tu_db_open(path);
     sonar_outbox_migrate(db);
+    if (getenv("BENCH_DEFAULT_BUSY") == NULL)
+        sonar_outbox_set_busy_handler(db);
     char pragma[64];
     snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s", sync);
     sqlite3_exec(db, pragma, NULL, NULL, NULL);
@@ -302,6 +325,7 @@ int main(void)
     }
     double sq_normal = sqlite_commit_rate("NORMAL", scaled(50000));
     double sq_full = sqlite_commit_rate("FULL", scaled(3000));
+    double enq = enqueue_rate(scaled(50000));
     double raw = raw_publish_rate(nc, scaled(100000));
     double drain = drain_rate(nc, scaled(100000));
     result batched = run_outbox(nc, subnc, "batched", "NORMAL", scaled(100000), 100);
@@ -312,6 +336,8 @@ int main(void)
 
     printf("baseline  sqlite one-row tx, WAL, synchronous=NORMAL  %10.0f tx/s\n", sq_normal);
     printf("baseline  sqlite one-row tx, WAL, synchronous=FULL    %10.0f tx/s\n", sq_full);
+    printf("producer  sonar_outbox_enqueue, one row/tx, NORMAL, no relay %8.0f tx/s (%.0f%% of raw commit)\n",
+           enq, 100 * enq / sq_normal);
     printf("baseline  js_PublishAsync + Msg-Id (1024 in flight)   %10.0f msg/s\n", raw);
     printf("outbox    relay drain of a committed backlog %10.0f ev/s  (%.0f%% of raw publish)\n",
            drain, 100 * drain / raw);

@@ -299,7 +299,7 @@ Test(outbox, retention_keeps_sent_rows_then_prunes_them)
     sonar_outbox_db_status ds;
     cr_assert_eq(sonar_outbox_db_status_read(&ds, db_path), SONAR_OK);
     cr_assert_eq(ds.sent_retained, 20, "sent rows were not kept");
-    cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox", -1) == 0,
+    cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox_sent", -1) == 0,
                               10000),
               "retained rows were not pruned");
     sonar_outbox_destroy(ob);

@@ -77,7 +77,7 @@ Test(outbox, enqueue_commits_and_rolls_back_with_the_callers_transaction)
     cr_assert_eq(sonar_outbox_enqueue(&id2, db, "orders.created", "{}", 2, hdrs), SONAR_OK,
                  "%s", sonar_last_error());
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL"), 1);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox"), 1);
     cr_assert_gt(id2, 0);
     cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE headers LIKE '%X-Trace%'"), 1);
     sonar_outbox_db_status st;
@@ -168,8 +168,7 @@ Test(outbox, dead_rows_are_listed_requeued_with_their_id_and_dropped)
     sonar_outbox_dead_rows_free(rows, n);
 
     cr_assert_eq(sonar_outbox_requeue(path, 7), SONAR_OK, "%s", sonar_last_error());
-    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE id=7 AND sent_ms IS NULL"
-                       " AND attempts=0"), 1);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE id=7 AND attempts=0"), 1);
     cr_assert_eq(sonar_outbox_requeue(path, 7), SONAR_ERR_NOT_FOUND);
     cr_assert_eq(sonar_outbox_drop(path, 9), SONAR_OK);
     cr_assert_eq(sonar_outbox_drop(path, 9), SONAR_ERR_NOT_FOUND);

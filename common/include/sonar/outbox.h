@@ -83,6 +83,16 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
                                   const void *payload, size_t len,
                                   const char *const *headers);
 
+/**
+ * \brief Installs on \p db (borrowed) the busy handler the relay itself
+ *        uses: yield, then 1 ms naps, for about 5 s in total. Optional but
+ *        recommended for producers that commit often: SQLite's default
+ *        handler (sqlite3_busy_timeout) sleeps in steps of up to 100 ms
+ *        whenever the relay holds the write lock for a few microseconds.
+ *        Replaces any busy handler or timeout set before.
+ */
+void sonar_outbox_set_busy_handler(sqlite3 *db);
+
 /** \brief True when \p subject is acceptable to sonar_outbox_enqueue(). */
 bool sonar_outbox_subject_valid(const char *subject);
 
