@@ -1235,6 +1235,30 @@ static sonar_status load_api_targets(statusd *d)
     return SONAR_OK;
 }
 
+/* Config and API targets resume from their stored latest status, so a restart
+ * does not announce unknown -> passing for every target again. */
+static void restore_latest(statusd *d)
+{
+    sonar_statusstore_checks latest = {0};
+    if (sonar_statusstore_latest(d->store, NULL, &latest) != SONAR_OK) {
+        sonar_log(SONAR_LOG_WARN, "latest statuses not restored: %s", sonar_last_error());
+        return;
+    }
+    for (size_t i = 0; i < latest.count; i++) {
+        const sonar_statusstore_check *c = &latest.items[i];
+        target *t = find_name(d, c->target);
+        if (t == NULL || t->source == STATUSD_SOURCE_REGISTRY ||
+            strcmp(t->spec.service, c->service) != 0)
+            continue;
+        t->state.status = c->reported;
+        t->has_last = true;
+        t->last = (sonar_health_result){.status = c->observed, .http_code = c->http_code,
+                                        .duration_ms = c->duration_ms, .checked_at_ms = c->at_ms};
+        snprintf(t->last.error, sizeof t->last.error, "%s", c->error ? c->error : "");
+    }
+    sonar_statusstore_checks_finish(&latest);
+}
+
 static sonar_status subscribe(statusd *d, natsSubscription **sub, const char *subject,
                               natsMsgHandler cb)
 {
@@ -1324,6 +1348,8 @@ sonar_status statusd_start(statusd **out, sonar_bus *bus, const statusd_config *
         s = upsert(d, &cfg->static_targets[i], STATUSD_SOURCE_CONFIG);
     if (s == SONAR_OK)
         s = load_api_targets(d);
+    if (s == SONAR_OK)
+        restore_latest(d);
     if (s == SONAR_OK) {
         ensure_stream(d);
         sonar_outbox_config oc = {.name = STATUSD_NAME};

@@ -468,6 +468,7 @@ Test(statusd, chillybin_joins_is_checked_and_scraped_then_leaves)
 Test(statusd, api_targets_are_added_listed_removed_and_persisted)
 {
     start_web();
+    test_collector *events = test_collector_create(nc, "sonar.health.site");
     start_statusd(NULL);
     char body[512];
     snprintf(body, sizeof body,
@@ -482,6 +483,7 @@ Test(statusd, api_targets_are_added_listed_removed_and_persisted)
     cr_expect(json_is_string(json_object_get(t, "metrics")));
     json_decref(t);
     cr_assert(TEST_WAIT_UNTIL(target_status_is("site", "passing"), 10000));
+    cr_assert(test_collector_wait(events, 1, 10000), "no unknown -> passing event");
 
     /* the target survives a restart of statusd (kept in its database) */
     stop_statusd();
@@ -491,7 +493,14 @@ Test(statusd, api_targets_are_added_listed_removed_and_persisted)
     cr_assert_not_null(t, "API target lost across a restart");
     cr_expect_str_eq(json_string_value(json_object_get(t, "source")), "api");
     cr_expect_eq(json_integer_value(json_object_get(t, "interval_ms")), 200);
+    cr_expect_str_eq(json_string_value(json_object_get(t, "status")), "passing",
+                     "the stored status is resumed");
     json_decref(doc);
+    /* after new checks, still the one unknown -> passing event from before the restart */
+    int hits = test_httpd_hits(web, "GET", "/health");
+    cr_assert(TEST_WAIT_UNTIL(test_httpd_hits(web, "GET", "/health") >= hits + 3, 10000));
+    cr_expect_eq(test_collector_count(events), 1, "a restart announced the status again");
+    test_collector_destroy(events);
 
     doc = api("sonar.status.targets.remove", "{\"name\":\"site\"}", NULL);
     cr_expect_str_eq(json_string_value(json_object_get(doc, "type")), "sonar.status.removed.v1");
