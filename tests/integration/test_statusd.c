@@ -196,7 +196,66 @@ static void expect_400(const char *subject, const char *body, const char *reason
     json_decref(doc);
 }
 
+/* GET http://<listen>/metrics (new string); asserts a 200. */
+static char *own_metrics(const char *listen)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://%s/metrics", listen);
+    CURL *curl = curl_easy_init();
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, mem);
+    CURLcode rc = curl_easy_perform(curl);
+    long code = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(curl);
+    fclose(mem);
+    cr_assert_eq(rc, CURLE_OK);
+    cr_assert_eq(code, 200);
+    return buf;
+}
+
+/* Value of the unlabelled sample \p name in statusd's /metrics, or -1. */
+static double own_metric(const char *listen, const char *name)
+{
+    char *text = own_metrics(listen);
+    sonar_promtext *parsed = NULL;
+    double v = -1;
+    if (sonar_promtext_parse(&parsed, text, strlen(text), NULL) == SONAR_OK) {
+        const sonar_promtext_family *f = sonar_promtext_family_find(parsed, name);
+        if (f != NULL && f->n_samples == 1)
+            v = f->samples[0].value;
+    }
+    sonar_promtext_destroy(parsed);
+    free(text);
+    return v;
+}
+
 TestSuite(statusd, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(statusd, retention_prunes_old_checks_and_keeps_the_status)
+{
+    start_web();
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", test_free_port());
+    const char *extra[] = {"--retention", "1s", "--listen", listen, NULL};
+    start_statusd(extra);
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"name\":\"old\",\"health\":\"%s/health\",\"interval_ms\":100}",
+             test_httpd_url(web));
+    json_decref(api("sonar.status.targets.add", body, NULL));
+    cr_assert(TEST_WAIT_UNTIL(own_metric(listen, "statusd_pruned_rows_total") > 0, 15000),
+              "nothing was pruned");
+    /* what is left is at most about a retention period of checks (10 per second) */
+    json_t *doc = api("sonar.status.checks", "{\"service\":\"old\",\"limit\":1000}", NULL);
+    size_t left = json_array_size(json_object_get(doc, "checks"));
+    json_decref(doc);
+    cr_expect_lt(left, 40, "%zu checks left with a 1 s retention", left);
+    cr_expect(target_status_is("old", "passing"));
+}
 
 Test(statusd, http_target_up_down_up_gives_thresholded_transitions_and_events)
 {
@@ -373,22 +432,9 @@ Test(statusd, config_targets_are_checked_and_scraped_with_labels)
     expect_400("sonar.status.targets.remove", "{\"name\":\"web\"}", "config");
 
     /* statusd's own /metrics, parsed by promtext */
-    char url[128];
-    snprintf(url, sizeof url, "http://%s/metrics", listen);
-    CURL *curl = curl_easy_init();
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, mem);
-    cr_assert_eq(curl_easy_perform(curl), CURLE_OK);
-    long code = 0;
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-    curl_easy_cleanup(curl);
-    fclose(mem);
-    cr_expect_eq(code, 200);
+    char *buf = own_metrics(listen);
     sonar_promtext *parsed = NULL;
-    cr_assert_eq(sonar_promtext_parse(&parsed, buf, len, NULL), SONAR_OK, "%s", buf);
+    cr_assert_eq(sonar_promtext_parse(&parsed, buf, strlen(buf), NULL), SONAR_OK, "%s", buf);
     const sonar_promtext_family *fam = sonar_promtext_family_find(parsed, "statusd_checks_total");
     cr_assert_not_null(fam);
     double passing = 0;
