@@ -876,7 +876,7 @@ static sonar_status api_targets(sonar_request *req, void *closure)
     json_t *arr = json_array();
     pthread_mutex_lock(&d->lock);
     target **sorted = malloc((d->n_targets + 1) * sizeof *sorted);
-    if (sorted != NULL && arr != NULL) {
+    if (sorted != NULL && arr != NULL && d->n_targets > 0) {
         memcpy(sorted, d->targets, d->n_targets * sizeof *sorted);
         qsort(sorted, d->n_targets, sizeof *sorted, by_name);
         for (size_t i = 0; i < d->n_targets; i++)
