@@ -7,7 +7,93 @@
 #include <microhttpd.h>
 
 #include "internal.h"
-#include "statusd.h"
+#include "statusd_internal.h"
+
+/* ---- own figures ---------------------------------------------------------- */
+
+char *statusd_metrics_text(statusd *d)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return NULL;
+    static const sonar_health_status all[] = {SONAR_HEALTH_UNKNOWN, SONAR_HEALTH_PASSING,
+                                              SONAR_HEALTH_WARNING, SONAR_HEALTH_CRITICAL};
+    long long by_status[4] = {0}, by_source[3] = {0}, queued, n;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->n_targets; i++) {
+        by_status[d->targets[i]->state.status & 3]++;
+        by_source[d->targets[i]->source % 3]++;
+    }
+    queued = (long long)d->queue_len;
+    n = (long long)d->n_targets;
+    pthread_mutex_unlock(&d->lock);
+    fprintf(f, "# HELP statusd_checks_total Health checks run, by the status each observed.\n"
+               "# TYPE statusd_checks_total counter\n");
+    for (int i = 1; i < 4; i++)
+        fprintf(f, "statusd_checks_total{status=\"%s\"} %lld\n", sonar_health_status_str(all[i]),
+                (long long)atomic_load(&d->checks[i]));
+    fprintf(f, "# HELP statusd_targets Targets by reported health status.\n"
+               "# TYPE statusd_targets gauge\n");
+    for (int i = 0; i < 4; i++)
+        fprintf(f, "statusd_targets{status=\"%s\"} %lld\n", sonar_health_status_str(all[i]),
+                by_status[i]);
+    fprintf(f, "# HELP statusd_targets_by_source Targets by where they were learnt.\n"
+               "# TYPE statusd_targets_by_source gauge\n");
+    for (int i = 0; i < 3; i++)
+        fprintf(f, "statusd_targets_by_source{source=\"%s\"} %lld\n",
+                statusd_source_str((statusd_source)i), by_source[i]);
+    fprintf(f,
+            "# HELP statusd_targets_total_count All targets.\n"
+            "# TYPE statusd_targets_total_count gauge\nstatusd_targets_total_count %lld\n"
+            "# HELP statusd_check_queue_length Due targets waiting for a worker.\n"
+            "# TYPE statusd_check_queue_length gauge\nstatusd_check_queue_length %lld\n"
+            "# HELP statusd_scrapes_total Metric scrapes attempted.\n"
+            "# TYPE statusd_scrapes_total counter\nstatusd_scrapes_total %lld\n"
+            "# HELP statusd_scrape_errors_total Scrapes that failed (transfer, HTTP status, "
+            "parse or storage).\n"
+            "# TYPE statusd_scrape_errors_total counter\nstatusd_scrape_errors_total %lld\n"
+            "# HELP statusd_samples_stored_total Metric samples stored.\n"
+            "# TYPE statusd_samples_stored_total counter\nstatusd_samples_stored_total %lld\n"
+            "# HELP statusd_transitions_total Health transitions enqueued as events.\n"
+            "# TYPE statusd_transitions_total counter\nstatusd_transitions_total %lld\n"
+            "# HELP statusd_event_errors_total Health transitions that could not be enqueued.\n"
+            "# TYPE statusd_event_errors_total counter\nstatusd_event_errors_total %lld\n"
+            "# HELP statusd_store_errors_total Results or samples the database refused.\n"
+            "# TYPE statusd_store_errors_total counter\nstatusd_store_errors_total %lld\n"
+            "# HELP statusd_pruned_rows_total Checks and samples removed by retention.\n"
+            "# TYPE statusd_pruned_rows_total counter\nstatusd_pruned_rows_total %lld\n",
+            n, queued, (long long)atomic_load(&d->scrapes),
+            (long long)atomic_load(&d->scrape_errors), (long long)atomic_load(&d->samples_stored),
+            (long long)atomic_load(&d->transitions), (long long)atomic_load(&d->event_errors),
+            (long long)atomic_load(&d->store_errors), (long long)atomic_load(&d->pruned_rows));
+    sonar_outbox_stats os = {0};
+    if (d->outbox != NULL)
+        sonar_outbox_stats_get(d->outbox, &os);
+    fprintf(f,
+            "# HELP statusd_outbox_pending Health events waiting to be published.\n"
+            "# TYPE statusd_outbox_pending gauge\nstatusd_outbox_pending %lld\n"
+            "# HELP statusd_outbox_oldest_pending_age_seconds Age of the oldest pending event.\n"
+            "# TYPE statusd_outbox_oldest_pending_age_seconds gauge\n"
+            "statusd_outbox_oldest_pending_age_seconds %.3f\n"
+            "# HELP statusd_outbox_published_total Events confirmed by JetStream.\n"
+            "# TYPE statusd_outbox_published_total counter\nstatusd_outbox_published_total %lld\n"
+            "# HELP statusd_outbox_retries_total Publish attempts that failed transiently.\n"
+            "# TYPE statusd_outbox_retries_total counter\nstatusd_outbox_retries_total %lld\n"
+            "# HELP statusd_outbox_dead Events in the dead-letter table.\n"
+            "# TYPE statusd_outbox_dead gauge\nstatusd_outbox_dead %lld\n"
+            "# HELP statusd_outbox_connected 1 when the relay's NATS connection is up.\n"
+            "# TYPE statusd_outbox_connected gauge\nstatusd_outbox_connected %d\n",
+            (long long)os.pending, (double)os.oldest_pending_age_ms / 1000.0,
+            (long long)os.published, (long long)os.retries, (long long)os.dead_total,
+            os.connected ? 1 : 0);
+    fclose(f);
+    return buf;
+}
+
+
+/* ---- HTTP listener ---- */
 
 struct statusd_http {
     struct MHD_Daemon *mhd;
@@ -69,7 +155,8 @@ sonar_status statusd_http_start(statusd_http **out, statusd *d, const char *list
 {
     const char *colon = listen ? strrchr(listen, ':') : NULL;
     if (colon == NULL || colon == listen || colon[1] == '\0')
-        return sonar__fail(SONAR_ERR_INVALID, "--listen '%s': expected ADDR:PORT, e.g. 127.0.0.1:9464",
+        return sonar__fail(SONAR_ERR_INVALID,
+                           "--listen '%s': expected ADDR:PORT, e.g. 127.0.0.1:9464",
                            listen ? listen : "");
     char host[64];
     size_t hlen = (size_t)(colon - listen);

@@ -117,7 +117,8 @@ static sonar_status name_field(const json_t *obj, const char *where, const char 
     if (v == NULL)
         return sonar__fail(SONAR_ERR_INVALID, "%s.%s: missing", where, field);
     if (!json_is_string(v) || !sonar_name_valid(json_string_value(v)))
-        return sonar__fail(SONAR_ERR_INVALID, "%s.%s: must be a name matching ^[A-Za-z0-9_-]{1,64}$",
+        return sonar__fail(SONAR_ERR_INVALID,
+                           "%s.%s: must be a name matching ^[A-Za-z0-9_-]{1,64}$",
                            where, field);
     *out = strdup(json_string_value(v));
     return *out ? SONAR_OK : sonar__fail(SONAR_ERR_NOMEM, "out of memory");

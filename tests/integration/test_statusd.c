@@ -471,9 +471,11 @@ Test(statusd, chillybin_joins_is_checked_and_scraped_then_leaves)
         bool ok = false;
         for (size_t i = 0; i < json_array_size(arr); i++) {
             json_t *t = json_array_get(arr, i);
-            ok = ok || (strcmp(json_string_value(json_object_get(t, "service")), "chillybin") == 0 &&
-                        strcmp(json_string_value(json_object_get(t, "source")), "registry") == 0 &&
-                        strcmp(json_string_value(json_object_get(t, "status")), "passing") == 0);
+            const char *svc = json_string_value(json_object_get(t, "service"));
+            const char *src = json_string_value(json_object_get(t, "source"));
+            const char *st = json_string_value(json_object_get(t, "status"));
+            ok = ok || (strcmp(svc, "chillybin") == 0 && strcmp(src, "registry") == 0 &&
+                        strcmp(st, "passing") == 0);
         }
         json_decref(doc);
         ok;
@@ -617,7 +619,8 @@ Test(statusd, garbage_on_every_subject_is_survived)
     static const char *const subjects[] = {
         "sonar.register.x", "sonar.register.statusd", "sonar.leave.x", "sonar.discover",
         "sonar.status.targets", "sonar.status.checks", "sonar.status.metrics",
-        "sonar.status.targets.add", "sonar.status.targets.remove", "$SRV.PING", "$SRV.STATS.statusd",
+        "sonar.status.targets.add", "sonar.status.targets.remove", "$SRV.PING",
+        "$SRV.STATS.statusd",
     };
     static const char *const bodies[] = {
         "", "\x01\x02\xff", "null", "{}", "[]", "{\"type\":\"sonar.register.v1\"}",
