@@ -964,6 +964,15 @@ static sonar_status register_from_json(const json_t *root, void *msg)
         st = get_string(root, NULL, "health", RULE_ENDPOINT, false, &m->health);
     if (st == SONAR_OK)
         st = get_string(root, NULL, "metrics", RULE_ENDPOINT, false, &m->metrics);
+    if (st == SONAR_OK) {
+        const json_t *a = json_object_get(root, "answers_checks");
+        if (a != NULL && !json_is_null(a) && !json_is_boolean(a))
+            st = sonar__fail(SONAR_ERR_PROTOCOL,
+                             "field \"answers_checks\" must be a boolean, got %s",
+                             json_type_name(a));
+        else
+            m->no_check_endpoint = json_is_false(a);
+    }
     if (st == SONAR_OK)
         st = metadata_from_json(json_object_get(root, "metadata"), &m->metadata);
     return st;
@@ -1005,6 +1014,8 @@ static sonar_status register_to_json(const void *msg, json_t *root)
         st = put_str(root, "health", m->health);
     if (st == SONAR_OK)
         st = put_str(root, "metrics", m->metrics);
+    if (st == SONAR_OK && m->no_check_endpoint)
+        st = put_json(root, "answers_checks", json_false());
     if (st == SONAR_OK && m->metadata != NULL)
         st = put_json(root, "metadata", json_deep_copy(m->metadata));
     return st;
@@ -1032,6 +1043,7 @@ sonar_status sonar_register_copy(sonar_register_msg *dst, const sonar_register_m
     DUP(metrics);
 #undef DUP
     c.heartbeat_ms = src->heartbeat_ms;
+    c.no_check_endpoint = src->no_check_endpoint;
     if (ok && src->n_depends_on > 0) {
         ok = (c.depends_on = calloc(src->n_depends_on, sizeof *c.depends_on)) != NULL;
         if (ok)

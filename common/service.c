@@ -22,6 +22,7 @@
 
 #include "internal.h"
 #include "sonar/http.h"
+#include "sonar/reply.h"
 
 #define SRV_VERBS 3
 #define SRV_SUBS (SRV_VERBS * 3)
@@ -61,6 +62,7 @@ typedef struct job {
 struct sonar_request {
     endpoint *ep;
     natsMsg *msg;
+    int64_t started_ns;
     bool responded;
     bool failed;
     char error_text[256];
@@ -177,30 +179,6 @@ static void record_endpoint(endpoint *ep, int64_t elapsed_ns, const char *error)
     pthread_mutex_unlock(&svc->lock);
 }
 
-/* Replies with sonar.error.v1 and the ADR-32 error headers. */
-static sonar_status reply_error(natsConnection *nc, const char *reply, int code, const char *text)
-{
-    if (reply == NULL || *reply == '\0')
-        return SONAR_OK;
-    sonar_error_msg em = {.code = code, .message = (char *)text};
-    char *body = NULL;
-    sonar_status st = sonar_error_encode(&em, &body);
-    if (st != SONAR_OK)
-        return st;
-    char codebuf[16];
-    snprintf(codebuf, sizeof codebuf, "%d", code);
-    natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, reply, NULL, body, (int)strlen(body));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, SONAR_HDR_SERVICE_ERROR, text);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, SONAR_HDR_SERVICE_ERROR_CODE, codebuf);
-    if (s == NATS_OK)
-        s = natsConnection_PublishMsg(nc, m);
-    natsMsg_Destroy(m);
-    free(body);
-    return sonar_bus_status(s, "replying with an error");
-}
 
 /* ---- configuration ------------------------------------------------------ */
 
@@ -451,6 +429,7 @@ sonar_status sonar_service_registration(const sonar_service *svc, sonar_register
     r.version = xstrdup(svc->version);
     r.address = xstrdup(svc->address);
     r.heartbeat_ms = svc->heartbeat_ms;
+    r.no_check_endpoint = !svc->answers_checks;
     r.health = xstrdup(svc->health);
     r.metrics = xstrdup(svc->metrics);
     r.metadata = json_deep_copy(svc->metadata);
@@ -709,10 +688,11 @@ static void *request_thread(void *arg)
         if (r->status == SONAR_FAIL)
             res.status = SONAR_FAIL;
     }
+    /* Counted before the answer leaves (see sonar_request_respond). */
+    record_endpoint(svc->endpoints[0], sonar_now_ns() - req->received_ns, NULL);
     publish_result(svc, &res);
     pthread_mutex_unlock(&req->lock);
 
-    record_endpoint(svc->endpoints[0], sonar_now_ns() - req->received_ns, NULL);
     request_unref(req);
     thread_finished(svc);
     return NULL;
@@ -746,7 +726,7 @@ static void on_check(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     if (st != SONAR_OK) {
         snprintf(err, sizeof err, "%s", sonar_last_error());
         sonar_log(SONAR_LOG_WARN, "%s: refused a message on %s: %s", svc->name, subject, err);
-        reply_error(svc->nc, reply, 400, err);
+        sonar_reply_error(svc->nc, reply, 400, "%s", err);
         record_endpoint(svc->endpoints[0], sonar_now_ns() - t0, err);
         sonar_check_finish(&cm);
         natsMsg_Destroy(msg);
@@ -760,8 +740,8 @@ static void on_check(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     if (n == 0) {
         sonar_result_msg res = {.change_id = cm.change_id, .service = svc->name,
                                 .instance = svc->instance, .status = SONAR_NONE};
-        publish_result(svc, &res);
         record_endpoint(svc->endpoints[0], sonar_now_ns() - t0, NULL);
+        publish_result(svc, &res);
         sonar_check_finish(&cm);
         return;
     }
@@ -812,7 +792,7 @@ static void on_discover(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     if (sonar_discover_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)) != SONAR_OK) {
         sonar_log(SONAR_LOG_WARN, "%s: refused a message on %s: %s", svc->name,
                   natsMsg_GetSubject(msg), sonar_last_error());
-        reply_error(svc->nc, natsMsg_GetReply(msg), 400, sonar_last_error());
+        sonar_reply_error(svc->nc, natsMsg_GetReply(msg), 400, "%s", sonar_last_error());
     } else {
         publish_msg_json(svc, svc->register_subject, svc->registration_json);
     }
@@ -915,6 +895,9 @@ sonar_status sonar_request_respond(sonar_request *req, const char *data, size_t 
         return sonar__fail(SONAR_ERR_STATE, "the request was already answered");
     const char *reply = natsMsg_GetReply(req->msg);
     req->responded = true;
+    /* Counted before the reply leaves, so a STATS request sent after the
+     * reply arrived always sees it. */
+    record_endpoint(req->ep, sonar_now_ns() - req->started_ns, NULL);
     if (reply == NULL || *reply == '\0')
         return SONAR_OK;
     natsStatus s = natsConnection_Publish(req->ep->svc->nc, reply, data, (int)len);
@@ -931,7 +914,9 @@ sonar_status sonar_request_respond_error(sonar_request *req, int code, const cha
     va_end(ap);
     req->responded = true;
     req->failed = true;
-    return reply_error(req->ep->svc->nc, natsMsg_GetReply(req->msg), code, req->error_text);
+    record_endpoint(req->ep, sonar_now_ns() - req->started_ns, req->error_text);
+    return sonar_reply_error(req->ep->svc->nc, natsMsg_GetReply(req->msg), code, "%s",
+                             req->error_text);
 }
 
 sonar_status sonar_request_respond_json(sonar_request *req, json_t *doc)
@@ -947,20 +932,14 @@ sonar_status sonar_request_respond_json(sonar_request *req, json_t *doc)
 
 static void run_job(job *j)
 {
-    sonar_request req = {.ep = j->ep, .msg = j->msg};
-    int64_t t0 = sonar_now_ns();
+    sonar_request req = {.ep = j->ep, .msg = j->msg, .started_ns = sonar_now_ns()};
     sonar__clear_error();
     sonar_status st = j->ep->fn(&req, j->ep->closure);
     if (!req.responded) {
         const char *detail = sonar_last_error();
-        int code = st == SONAR_ERR_INVALID || st == SONAR_ERR_PROTOCOL || st == SONAR_ERR_VERSION
-                       ? 400
-                   : st == SONAR_ERR_NOT_FOUND ? 404
-                                               : 500;
-        sonar_request_respond_error(&req, code, "%s%s%s", sonar_status_str(st),
+        sonar_request_respond_error(&req, sonar_reply_code(st), "%s%s%s", sonar_status_str(st),
                                     *detail ? ": " : "", detail);
     }
-    record_endpoint(j->ep, sonar_now_ns() - t0, req.failed ? req.error_text : NULL);
     natsMsg_Destroy(j->msg);
     free(j);
 }
@@ -1011,7 +990,7 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
     pthread_mutex_unlock(&svc->lock);
     if (full) {
         free(j);
-        reply_error(svc->nc, natsMsg_GetReply(msg), 503, "service busy or stopping");
+        sonar_reply_error(svc->nc, natsMsg_GetReply(msg), 503, "service busy or stopping");
         record_endpoint(ep, 0, "service busy or stopping");
         natsMsg_Destroy(msg);
     }

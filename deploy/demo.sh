@@ -6,6 +6,7 @@
 #   through `sonar agent` with a JSON check table → a toastie through jafflr → the gate for a
 #   compatible chillybin v2 candidate (pass, promoted) → the gate for the breaking
 #   `nome` candidate (fail, jafflr's check named, aborted) → services, graph, history.
+#   sonar-gateway serves the REST API and the live dashboard throughout.
 # Everything runs on loopback from a temp dir and is stopped at the end
 # (or left running with --keep).
 set -uo pipefail
@@ -61,6 +62,7 @@ NATS_PORT=$(free_port)
 export NATS_URL=nats://127.0.0.1:$NATS_PORT
 SONAR="$BIN/services/cli/sonar"
 CHILLY_PORT=$(free_port); JAFFLR_PORT=$(free_port); CAND_V2=$(free_port); CAND_NOME=$(free_port)
+GW_PORT=$(free_port); GW_URL=http://127.0.0.1:$GW_PORT
 
 step "starting nats-server (JetStream) on $NATS_URL"
 start nats-server nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/js"
@@ -76,6 +78,11 @@ start menu "$SONAR" agent --checks "$ROOT/services/examples/menu/checks.json" --
 wait_for "five services in the registry" 15 bash -c \
     "'$SONAR' services --json | python3 -c 'import json,sys; s=json.load(sys.stdin)[\"services\"]; sys.exit(0 if sum(1 for x in s if x[\"live\"])>=5 else 1)'"
 "$SONAR" services
+
+step "starting sonar-gateway: REST API and live dashboard at $GW_URL/"
+start gateway "$BIN/services/gateway/sonar-gateway" --listen "127.0.0.1:$GW_PORT"
+wait_for "the gateway" 10 curl -sf "$GW_URL/health"
+say "GET /api/v1/graph → $(curl -s "$GW_URL/api/v1/graph")"
 
 step "a customer orders a cheese toastie from jafflr (which picks from chillybin)"
 say "GET /toastie?i=cheese → $(curl -s "http://127.0.0.1:$JAFFLR_PORT/toastie?i=cheese")"
@@ -115,4 +122,6 @@ step "summary"
 say "compatible v2 candidate: exit $V2_RC ($([ $V2_RC = 0 ] && echo promoted || echo aborted))"
 say "breaking nome candidate: exit $NOME_RC ($([ $NOME_RC = 0 ] && echo promoted || echo aborted))"
 say "watch live in another terminal:  NATS_URL=$NATS_URL $SONAR watch"
+say "dashboard and API (run with --keep to keep it up):  $GW_URL/"
+say "recent reports over HTTP: $(curl -s "$GW_URL/api/v1/reports?limit=5" | python3 -c 'import json,sys; print(", ".join(r["change_id"][:8]+" "+r["verdict"] for r in json.load(sys.stdin)["reports"]))')"
 [ $V2_RC = 0 ] && [ $NOME_RC = 1 ]

@@ -566,7 +566,6 @@ static const struct {
     {"sonar.gather.", SONAR_CLI_EV_GATHER},
     {"sonar.result.", SONAR_CLI_EV_RESULT},
     {"sonar.report.", SONAR_CLI_EV_REPORT},
-    {"sonar.events.report.", SONAR_CLI_EV_REPORT},
 };
 
 sonar_cli_event sonar_cli_event_kind(const char *subject)

@@ -87,7 +87,7 @@ typedef enum sonar_cli_event {
     SONAR_CLI_EV_CHANGE,   /* sonar.change.<service> */
     SONAR_CLI_EV_GATHER,   /* sonar.gather.<change_id> */
     SONAR_CLI_EV_RESULT,   /* sonar.result.<change_id>.<responder> */
-    SONAR_CLI_EV_REPORT,   /* sonar.report.<service> or a replayed sonar.events.report.> */
+    SONAR_CLI_EV_REPORT,   /* sonar.report.<service> */
 } sonar_cli_event;
 
 /* Kind of a feed subject; SONAR_CLI_EV_UNKNOWN for anything else. */

@@ -10,8 +10,8 @@
 #include "commands.h"
 
 /* Where reports are replayed from by --since (sonard's outbox stream). */
-#define REPORT_STREAM "SONAR_REPORTS"
-#define REPORT_STREAM_SUBJECTS "sonar.events.report.>"
+#define REPORT_STREAM SONAR_EVENTS_STREAM
+#define REPORT_STREAM_SUBJECTS SONAR_SUBJ_REPORT_PREFIX "*"
 
 enum { TAG_LIVE = 1, TAG_REPLAY };
 

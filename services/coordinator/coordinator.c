@@ -7,8 +7,9 @@
 #include "gather.h"
 #include "internal.h"
 #include "registry.h"
-#include "reply.h"
+#include "sonar/reply.h"
 #include "sonar/log.h"
+#include "sonar/outbox.h"
 #include "sonar/protocol.h"
 #include "sonar/service.h"
 #include "sonar/util.h"
@@ -27,6 +28,7 @@ struct sonar_coordinator {
     sonar_registry *reg;
     sonar_gatherer *gatherer;
     sonar_service *svc;
+    sonar_outbox *outbox; /* NULL when the server has no JetStream */
     natsSubscription *sub_register, *sub_leave, *sub_report;
 };
 
@@ -325,6 +327,61 @@ static void publish_report(sonar_coordinator *c, const char *service, const char
     free(subject);
 }
 
+/* Stores the report and publishes it on sonar.report.<service>: through the
+ * outbox (in the same transaction, into the SONAR_EVENTS stream) when the
+ * server has JetStream, else directly on core NATS. */
+static sonar_status store_and_publish(sonar_coordinator *c, const sonar_change_msg *ch,
+                                      sonar_outcome verdict, const char *report)
+{
+    if (c->outbox == NULL) {
+        publish_report(c, ch->service, report);
+        return sonar_store_put_report(c->store, ch->change_id, ch->service,
+                                      sonar_outcome_str(verdict), sonar_wall_ms(), report);
+    }
+    char *subject = NULL;
+    sonar_status s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
+    const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
+    if (s == SONAR_OK)
+        s = sonar_store_put_report_event(c->store, ch->change_id, ch->service,
+                                         sonar_outcome_str(verdict), sonar_wall_ms(), report,
+                                         subject, headers);
+    if (s == SONAR_OK)
+        sonar_outbox_notify(c->outbox);
+    free(subject);
+    return s;
+}
+
+static json_t *outbox_stats(void *closure)
+{
+    sonar_coordinator *c = closure;
+    json_t *data = json_object();
+    json_object_set_new(data, "outbox", c->outbox ? sonar_outbox_stats_json(c->outbox) : json_null());
+    return data;
+}
+
+/* Ensures the events stream and starts the outbox relay; without JetStream
+ * sonard still works, publishing reports on core NATS only. */
+static void start_events(sonar_coordinator *c)
+{
+    const char *subjects[] = {SONAR_SUBJ_REPORT_PREFIX "*", SONAR_SUBJ_HEALTH_PREFIX "*", NULL};
+    sonar_stream_config sc = {.name = SONAR_EVENTS_STREAM, .subjects = subjects,
+                              .duplicate_window_ms = 120000,
+                              .max_age_ms = SONAR_EVENTS_MAX_AGE_MS};
+    sonar_outbox_config oc = {.name = SONARD_NAME};
+    if (sonar_stream_ensure(c->nc, &sc) != SONAR_OK) {
+        sonar_log(SONAR_LOG_WARN,
+                  "no %s stream (%s): reports are published on core NATS only, "
+                  "`sonar watch --since` cannot replay them",
+                  SONAR_EVENTS_STREAM, sonar_last_error());
+        return;
+    }
+    if (sonar_outbox_create(&c->outbox, c->nc, c->db_path, &oc) != SONAR_OK) {
+        sonar_log(SONAR_LOG_WARN, "outbox relay not started (%s): reports on core NATS only",
+                  sonar_last_error());
+        c->outbox = NULL;
+    }
+}
+
 static sonar_status on_change(sonar_request *req, void *closure)
 {
     sonar_coordinator *c = closure;
@@ -389,10 +446,7 @@ static sonar_status on_change(sonar_request *req, void *closure)
         /* Reply first (latency), then publish and store. The gather stays in
          * the table until stored, so a retry meanwhile joins it. */
         sonar_request_respond(req, report, strlen(report));
-        publish_report(c, ch.service, report);
-        if (sonar_store_put_report(c->store, ch.change_id, ch.service,
-                                   sonar_outcome_str(verdict), sonar_wall_ms(),
-                                   report) != SONAR_OK)
+        if (store_and_publish(c, &ch, verdict, report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
         sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
@@ -493,6 +547,10 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
     }
     if (s == SONAR_OK)
         s = add_endpoints(c);
+    if (s == SONAR_OK) {
+        start_events(c);
+        s = sonar_service_set_endpoint_stats(c->svc, "change", outbox_stats, c);
+    }
     if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
     if (s == SONAR_OK)
@@ -538,6 +596,7 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     drain(c->nc, c->sub_leave);
     drain(c->nc, c->sub_report);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
+    sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
     sonar_gatherer_destroy(c->gatherer);
     sonar_store_close(c->store);
     sonar_registry_destroy(c->reg);

@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "internal.h"
-#include "reply.h"
+#include "sonar/reply.h"
 #include "sonar/bus.h"
 #include "sonar/util.h"
 

@@ -23,6 +23,7 @@ typedef struct service {
     char **deps;
     size_t n_deps;
     json_t *checks;     /* object {"dep":["name",...]} (owned) */
+    bool silent;        /* registered with "answers_checks": false: never expected */
     int64_t seen_wall;
     instance *inst;
     size_t n_inst, cap_inst;
@@ -34,6 +35,7 @@ typedef struct service {
 typedef struct summary {
     int64_t live_until; /* max over instances of seen_ms + 3 * heartbeat_ms; 0: none */
     uint64_t deps_bloom; /* bit hash(dep) % 64 set for every dependency */
+    bool silent;        /* answers no check requests */
 } summary;
 
 struct sonar_registry {
@@ -161,7 +163,7 @@ static service *find_or_add(sonar_registry *reg, const char *name)
     memmove(&reg->svcs[i + 1], &reg->svcs[i], (reg->n - i) * sizeof *reg->svcs);
     memmove(&reg->sum[i + 1], &reg->sum[i], (reg->n - i) * sizeof *reg->sum);
     reg->svcs[i] = s;
-    reg->sum[i] = (summary){0, 0};
+    reg->sum[i] = (summary){0, 0, false};
     reg->n++;
     return s;
 }
@@ -200,7 +202,7 @@ static void summarize(sonar_registry *reg, const char *name)
     if (!found)
         return;
     const service *s = reg->svcs[i];
-    summary m = {0, 0};
+    summary m = {0, 0, s->silent};
     for (size_t k = 0; k < s->n_inst; k++) {
         int64_t until = s->inst[k].seen_ms + SONARD_MISSED_HEARTBEATS * s->inst[k].heartbeat_ms;
         if (until > m.live_until)
@@ -311,6 +313,7 @@ sonar_status sonar_registry_register(sonar_registry *reg, const sonar_register_m
         goto out;
     }
     in->heartbeat_ms = msg->heartbeat_ms;
+    s->silent = msg->no_check_endpoint;
     in->seen_ms = now_ms;
     in->seen_wall = wall_ms;
     s->seen_wall = wall_ms;
@@ -458,6 +461,9 @@ sonar_status sonar_registry_expected(sonar_registry *reg, const char *changed, i
         goto oom;
     uint64_t bit = bloom_bit(changed);
     for (size_t i = 0; i < reg->n; i++) {
+        /* A service that answers no checks (gateway, collectors) is never waited for. */
+        if (reg->sum[i].silent)
+            continue;
         /* Live iff some instance's seen + 3 heartbeats is still ahead (see summarize). */
         if (reg->sum[i].live_until >= now_ms) {
             if ((e.live[e.n_live] = strdup(reg->svcs[i]->name)) == NULL)

@@ -96,7 +96,8 @@ typedef struct sonar_expected {
 
 /**
  * \brief Fills \p out (new; release with sonar_expected_finish()) for a
- *        change of \p changed.
+ *        change of \p changed. Services registered with
+ *        `"answers_checks": false` are in neither list.
  * \return SONAR_OK or SONAR_ERR_NOMEM.
  */
 sonar_status sonar_registry_expected(sonar_registry *reg, const char *changed, int64_t now_ms,

@@ -1,6 +1,8 @@
 /* sonard's SQLite store and its writer thread. */
 #include "store.h"
 
+#include "sonar/outbox.h"
+
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -171,7 +173,7 @@ sonar_status sonar_store_open(sonar_store **out, const char *path)
     }
     sqlite3_busy_timeout(st->db, 5000);
     if ((s = exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")) != SONAR_OK ||
-        (s = migrate(st)) != SONAR_OK) {
+        (s = migrate(st)) != SONAR_OK || (s = sonar_outbox_migrate(st->db)) != SONAR_OK) {
         char why[900];
         snprintf(why, sizeof why, "%s", sonar_last_error());
         sonar__fail(s, "database %s: %s", path, why);
@@ -270,6 +272,31 @@ sonar_status sonar_store_put_report(sonar_store *st, const char *change_id, cons
     pthread_mutex_lock(&st->mu);
     sonar_status s = run(st, sql_report, "tttit", change_id, service, verdict, wall_ms,
                          report_json);
+    pthread_mutex_unlock(&st->mu);
+    return s;
+}
+
+sonar_status sonar_store_put_report_event(sonar_store *st, const char *change_id,
+                                          const char *service, const char *verdict,
+                                          int64_t wall_ms, const char *report_json,
+                                          const char *subject, const char *const *headers)
+{
+    pthread_mutex_lock(&st->mu);
+    sonar_status s = exec(st, "BEGIN IMMEDIATE");
+    if (s == SONAR_OK)
+        s = run(st, sql_report, "tttit", change_id, service, verdict, wall_ms, report_json);
+    /* A report already stored (a retry) is not published twice. */
+    if (s == SONAR_OK && sqlite3_changes(st->db) > 0)
+        s = sonar_outbox_enqueue(NULL, st->db, subject, report_json, strlen(report_json),
+                                 headers);
+    if (s == SONAR_OK) {
+        s = exec(st, "COMMIT");
+    } else {
+        char why[900];
+        snprintf(why, sizeof why, "%s", sonar_last_error());
+        exec(st, "ROLLBACK");
+        sonar__fail(s, "%s", why);
+    }
     pthread_mutex_unlock(&st->mu);
     return s;
 }

@@ -73,6 +73,18 @@ sonar_status sonar_store_put_report(sonar_store *st, const char *change_id, cons
                                     const char *verdict, int64_t wall_ms, const char *report_json);
 
 /**
+ * \brief Stores a report and, in the same SQLite transaction, enqueues it in
+ *        the outbox (libsonar outbox.h) for \p subject with \p headers, so the
+ *        report is published to JetStream exactly when it is stored. A change
+ *        id already stored is neither stored nor enqueued again.
+ * \param headers NULL-terminated "Name", "value" pairs (borrowed) or NULL.
+ */
+sonar_status sonar_store_put_report_event(sonar_store *st, const char *change_id,
+                                          const char *service, const char *verdict,
+                                          int64_t wall_ms, const char *report_json,
+                                          const char *subject, const char *const *headers);
+
+/**
  * \brief Deletes reports created before \p before_wall_ms and instances
  *        whose last heartbeat is 3 heartbeats older than \p now_wall_ms,
  *        at most SONARD_PRUNE_BATCH rows per transaction, releasing the

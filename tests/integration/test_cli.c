@@ -644,7 +644,7 @@ Test(cli, watch_filters_by_service_and_says_when_there_is_nothing_to_replay,
     const char *extra[] = {"chillybin", "--since", "1h", NULL};
     start_watch(extra);
     wait_watch_ready();
-    cr_assert(strstr(proc.err, "no stream SONAR_REPORTS") != NULL, "%s", proc.err);
+    cr_assert(strstr(proc.err, "no stream SONAR_EVENTS") != NULL, "%s", proc.err);
     char *other = register_json("orders", "i1");
     char *mine = register_json("chillybin", "c1");
     natsConnection_PublishString(nc, "sonar.register.orders", other);

@@ -289,59 +289,68 @@ Test(cli_e2e, watch_json_sees_a_service_join, .init = setup, .fini = teardown, .
     cr_assert_eq(test_proc_wait(&proc, 10000), 0, "%s", proc.err);
 }
 
+/* True once the events stream holds at least \p n messages. */
+static bool stream_has_messages(jsCtx *js, uint64_t n)
+{
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, js, SONAR_EVENTS_STREAM, NULL, NULL) != NATS_OK)
+        return false;
+    bool ok = si->State.Msgs >= n;
+    jsStreamInfo_Destroy(si);
+    return ok;
+}
+
 Test(cli_e2e, watch_since_replays_reports_from_the_stream, .init = setup, .fini = teardown,
      .timeout = 120)
 {
-    /* The stream sonard's outbox writes to, with one report stored an hour's
-     * fraction ago (stored now, replayed from "the last hour"). */
+    /* sonard stores each report and, in the same transaction, queues it in its
+     * outbox; the relay publishes it into the SONAR_EVENTS stream. */
+    start_sonard();
+    start_service("orders", "chillybin", "pass", "ok");
+    wait_live("orders");
+    const char *first[] = {"announce", "chillybin", "--address", "http://x", "--version", "2.0.0",
+                           "--change-id", "old-change", NULL};
+    cr_assert_eq(cli(first), 0, "%s\n%s", proc.out, proc.err);
+
+    /* The report reached the stream (it is replayable), through the outbox. */
     jsCtx *js = NULL;
     cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    jsStreamConfig sc;
-    jsStreamConfig_Init(&sc);
-    sc.Name = "SONAR_REPORTS";
-    const char *subjects[] = {"sonar.events.report.>"};
-    sc.Subjects = subjects;
-    sc.SubjectsLen = 1;
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    cr_assert_eq(js_AddStream(&si, js, &sc, NULL, &jerr), NATS_OK, "jerr %d", (int)jerr);
-    jsStreamInfo_Destroy(si);
-    sonar_report_msg r = {.change_id = "old-change", .service = "chillybin", .version = "1.0.0",
-                          .address = "http://x", .verdict = SONAR_PASS,
-                          .started_at = "2026-11-23T18:00:00.000Z", .duration_ms = 5};
-    char *text = NULL;
-    cr_assert_eq(sonar_report_encode(&r, &text), SONAR_OK, "%s", sonar_last_error());
-    jsPubAck *ack = NULL;
-    cr_assert_eq(js_Publish(&ack, js, "sonar.events.report.chillybin", text, (int)strlen(text),
-                            NULL, &jerr), NATS_OK);
-    jsPubAck_Destroy(ack);
-    free(text);
+    cr_assert(TEST_WAIT_UNTIL(stream_has_messages(js, 1), 10000),
+              "the report never reached the " SONAR_EVENTS_STREAM " stream");
 
     char *argv[] = {(char *)test_bin("SONAR_CLI_BIN"), "watch", "chillybin", "--since", "1h",
                     "--server", natsd.url, NULL};
     cr_assert(test_proc_start(&proc, argv));
     cr_assert(test_proc_wait_output(&proc, "old-change", 10000), "%s\n%s", proc.out, proc.err);
-    cr_assert(strstr(proc.out, "report   change old-change of chillybin 1.0.0: pass") != NULL,
+    cr_assert(strstr(proc.out, "report   change old-change of chillybin 2.0.0: pass") != NULL,
               "%s", proc.out);
     cr_assert(strstr(proc.out, "[replayed]") != NULL, "%s", proc.out);
 
     /* A new report reaches watch through the stream and live: shown once. */
-    r.change_id = "new-change";
-    cr_assert_eq(sonar_report_encode(&r, &text), SONAR_OK);
-    cr_assert_eq(js_Publish(&ack, js, "sonar.events.report.chillybin", text, (int)strlen(text),
-                            NULL, &jerr), NATS_OK);
-    jsPubAck_Destroy(ack);
+    char *second[] = {(char *)test_bin("SONAR_CLI_BIN"), "announce", "chillybin", "--address",
+                      "http://x", "--version", "2.0.1", "--change-id", "new-change", "--server",
+                      natsd.url, NULL};
+    test_proc announcer;
+    int rc = test_proc_run(&announcer, second, 60000);
+    cr_assert_eq(rc, 0, "%s\n%s", announcer.out, announcer.err);
+    test_proc_finish(&announcer);
     cr_assert(test_proc_wait_output(&proc, "new-change", 10000), "%s", proc.out);
-    natsConnection_PublishString(nc, "sonar.report.chillybin", text);
-    free(text);
-    r.change_id = "sentinel";
+    cr_assert(TEST_WAIT_UNTIL(stream_has_messages(js, 2), 10000));
+    /* A sentinel on the same subject, published after: once it shows, any
+     * duplicate of new-change would have shown too. */
+    sonar_report_msg r = {.change_id = "sentinel", .service = "chillybin", .version = "1.0.0",
+                          .address = "http://x", .verdict = SONAR_PASS,
+                          .started_at = "2026-11-23T18:00:00.000Z", .duration_ms = 5};
+    char *text = NULL;
     cr_assert_eq(sonar_report_encode(&r, &text), SONAR_OK);
-    natsConnection_PublishString(nc, "sonar.report.chillybin", text); /* same subscription */
+    natsConnection_PublishString(nc, "sonar.report.chillybin", text);
     natsConnection_Flush(nc);
     free(text);
     cr_assert(test_proc_wait_output(&proc, "sentinel", 10000), "%s", proc.out);
-    const char *first = strstr(proc.out, "new-change");
-    cr_assert(strstr(first + 1, "new-change") == NULL, "shown twice:\n%s", proc.out);
+    const char *once = strstr(proc.out, "report   change new-change");
+    cr_assert_not_null(once, "%s", proc.out);
+    cr_assert(strstr(once + 1, "report   change new-change") == NULL, "shown twice:\n%s",
+              proc.out);
     kill(proc.pid, SIGINT);
     cr_assert_eq(test_proc_wait(&proc, 10000), 0, "%s", proc.err);
     jsCtx_Destroy(js);

@@ -317,7 +317,6 @@ Test(cli_format, feed_subjects_map_to_events)
     cr_assert_eq(sonar_cli_event_kind("sonar.gather.c1"), SONAR_CLI_EV_GATHER);
     cr_assert_eq(sonar_cli_event_kind("sonar.result.c1.a"), SONAR_CLI_EV_RESULT);
     cr_assert_eq(sonar_cli_event_kind("sonar.report.a"), SONAR_CLI_EV_REPORT);
-    cr_assert_eq(sonar_cli_event_kind("sonar.events.report.a"), SONAR_CLI_EV_REPORT);
     cr_assert_eq(sonar_cli_event_kind("sonar.register."), SONAR_CLI_EV_UNKNOWN);
     cr_assert_eq(sonar_cli_event_kind("sonar.check.a"), SONAR_CLI_EV_UNKNOWN);
     cr_assert_eq(sonar_cli_event_kind(NULL), SONAR_CLI_EV_UNKNOWN);

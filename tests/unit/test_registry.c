@@ -49,6 +49,27 @@ Test(registry, a_registration_makes_the_service_live_and_expected)
     sonar_expected_finish(&e);
 }
 
+Test(registry, a_service_without_a_check_endpoint_is_never_expected)
+{
+    sonar_register_msg gw = reg_msg("gateway", "g1", 1000);
+    gw.no_check_endpoint = true;
+    sonar_register_msg a = reg_msg("a", "a1", 1000);
+    cr_assert_eq(sonar_registry_register(reg, &gw, 1000, 5000, NULL), SONAR_OK);
+    cr_assert_eq(sonar_registry_register(reg, &a, 1000, 5000, NULL), SONAR_OK);
+    cr_assert(sonar_registry_live(reg, "gateway", 1100), "it is live and listed");
+    sonar_expected e;
+    cr_assert_eq(sonar_registry_expected(reg, "x", 1100, &e), SONAR_OK);
+    cr_assert_eq(e.n_live, 1);
+    cr_assert_str_eq(e.live[0], "a");
+    sonar_expected_finish(&e);
+    /* Re-registering with a check endpoint makes it expected again. */
+    gw.no_check_endpoint = false;
+    cr_assert_eq(sonar_registry_register(reg, &gw, 1200, 5200, NULL), SONAR_OK);
+    cr_assert_eq(sonar_registry_expected(reg, "x", 1300, &e), SONAR_OK);
+    cr_assert_eq(e.n_live, 2);
+    sonar_expected_finish(&e);
+}
+
 Test(registry, an_instance_expires_after_three_missed_heartbeats)
 {
     sonar_register_msg m = reg_msg("a", "a1", 100);

@@ -66,6 +66,15 @@ extern "C" {
 #define SONAR_SUBJ_RESULT_PREFIX   "sonar.result."    /**< + change_id + "." + responder */
 #define SONAR_SUBJ_CHANGE_PREFIX   "sonar.change."    /**< + service */
 #define SONAR_SUBJ_REPORT_PREFIX   "sonar.report."    /**< + service */
+#define SONAR_SUBJ_HEALTH_PREFIX   "sonar.health."    /**< + service (statusd) */
+
+/**
+ * JetStream stream holding sonar's events: sonard's reports (`sonar.report.*`)
+ * and statusd's health transitions (`sonar.health.*`), both published
+ * through the publishers' outboxes, so `sonar watch --since` can replay them.
+ */
+#define SONAR_EVENTS_STREAM        "SONAR_EVENTS"
+#define SONAR_EVENTS_MAX_AGE_MS    (7LL * 24 * 3600 * 1000)
 
 /* ---- Limits (decoders refuse anything larger) -------------------------- */
 
@@ -145,6 +154,9 @@ typedef struct sonar_register_msg {
     json_t *metadata;      /**< optional object of string values (keys: text rule, values
                                 <= 4096 bytes, <= SONAR_MAX_LIST entries); NULL when absent.
                                 Decoded: an owned reference. Encoding copies it. */
+    bool no_check_endpoint;/**< `"answers_checks": false`: the service never answers check
+                                requests (coordinator, gateway, collectors), so a gather
+                                does not wait for it; absent means true */
 } sonar_register_msg;
 
 sonar_status sonar_register_encode(const sonar_register_msg *msg, char **out_json /* new, free() */);

@@ -10,6 +10,7 @@
 #include "sonar/protocol.h"
 #include "sonar/bus.h"
 #include "sonar/service.h"
+#include "sonar/reply.h"
 #include "sonar/http.h"
 #include "sonar/checktable.h"
 #include "sonar/log.h"

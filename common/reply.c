@@ -1,5 +1,5 @@
-/* Error replies with the NATS service error headers. */
-#include "reply.h"
+/* Error replies (sonar.error.v1) with the NATS service error headers. */
+#include "sonar/reply.h"
 
 #include <stdarg.h>
 #include <stdio.h>

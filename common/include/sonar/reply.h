@@ -1,15 +1,15 @@
 /**
  * \file reply.h
- * \brief sonard's error replies on raw NATS subscriptions: a
- *        `sonar.error.v1` body with the `Nats-Service-Error` and
- *        `Nats-Service-Error-Code` headers (the service API's
- *        sonar_request_respond_error() does the same for endpoints).
+ * \brief Error replies on raw NATS subscriptions: a `sonar.error.v1` body
+ *        with the `Nats-Service-Error` and `Nats-Service-Error-Code`
+ *        headers (ADR-32). The service API's sonar_request_respond_error()
+ *        uses it for endpoints.
  *
  * Thread-safety: callable from any thread, NATS callbacks included (it
  * only encodes and publishes).
  */
-#ifndef SONARD_REPLY_H
-#define SONARD_REPLY_H
+#ifndef SONAR_REPLY_H
+#define SONAR_REPLY_H
 
 #include <nats/nats.h>
 
