@@ -4,7 +4,7 @@
  *
  * Threads: the relay thread owns its SQLite connection and the jsCtx
  * publishing state; the PubAck handler runs on a nats.c thread and only
- * records results in the current batch under `mu` (no SQLite there).
+ * records answers in the window under `mu` (no SQLite there).
  */
 #include "sonar/outbox.h"
 
@@ -30,7 +30,7 @@
 
 /* ---- Schema ------------------------------------------------------------ */
 
-static const char schema_v1[] =
+static const char schema_v2[] =
     "CREATE TABLE IF NOT EXISTS sonar_outbox ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT," /* never reused: ids are message ids */
     "  subject TEXT NOT NULL,"
@@ -60,6 +60,26 @@ static const char schema_v1[] =
     "  attempts INTEGER NOT NULL,"
     "  error TEXT NOT NULL,"
     "  dead_ms INTEGER NOT NULL);";
+
+/* Version 1 kept published rows in sonar_outbox (sent_ms, stream_seq) with
+ * two partial indexes; version 2 moves them to sonar_outbox_sent so the
+ * pending table has no secondary index. The old columns stay, unused. */
+static sonar_status upgrade_v1(sqlite3 *db)
+{
+    static const char sql[] =
+        "DROP INDEX IF EXISTS sonar_outbox_pending;"
+        "DROP INDEX IF EXISTS sonar_outbox_sent;"
+        "CREATE TABLE IF NOT EXISTS sonar_outbox_sent ("
+        "  id INTEGER PRIMARY KEY, subject TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT,"
+        "  created_ms INTEGER NOT NULL, sent_ms INTEGER NOT NULL, stream_seq INTEGER NOT NULL);"
+        "CREATE INDEX IF NOT EXISTS sonar_outbox_sent_at ON sonar_outbox_sent(sent_ms);"
+        "INSERT OR REPLACE INTO sonar_outbox_sent(id, subject, payload, headers, created_ms,"
+        "  sent_ms, stream_seq) SELECT id, subject, payload, headers, created_ms, sent_ms,"
+        "  coalesce(stream_seq, 0) FROM sonar_outbox WHERE sent_ms IS NOT NULL;"
+        "DELETE FROM sonar_outbox WHERE sent_ms IS NOT NULL;"
+        "UPDATE sonar_outbox_meta SET value='2' WHERE key='schema_version';";
+    return sonar__db_exec(db, sql);
+}
 
 static sonar_status meta_get(sqlite3 *db, const char *key, char *buf, size_t buflen, bool *found)
 {
@@ -100,10 +120,12 @@ sonar_status sonar_outbox_migrate(sqlite3 *db)
         s = sonar__fail(SONAR_ERR_DB,
                         "outbox schema version %s is newer than this library (%d)", ver,
                         SONAR_OUTBOX_SCHEMA_VERSION);
+    if (s == SONAR_OK && found && atoi(ver) == 1)
+        s = upgrade_v1(db);
     if (s == SONAR_OK && !found) {
         char id[23], sql[512];
         sonar_random_id(id);
-        s = sonar__db_exec(db, schema_v1);
+        s = sonar__db_exec(db, schema_v2);
         snprintf(sql, sizeof sql,
                  "INSERT INTO sonar_outbox_meta(key, value) VALUES"
                  " ('schema_version', '%d'), ('outbox_id', '%s'), ('published', '0'),"
@@ -238,7 +260,7 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
 /* ---- Relay ------------------------------------------------------------- */
 
 typedef enum slot_state {
-    SLOT_IDLE = 0,   /* not sent in this batch */
+    SLOT_IDLE = 0,   /* loaded, not sent */
     SLOT_SENT,       /* published, no answer yet */
     SLOT_OK,         /* PubAck received */
     SLOT_FAILED,     /* refused or failed; see err/errcode */
@@ -1136,6 +1158,12 @@ static void *relay_main(void *arg)
             relay_wait(ob, w > 1000 ? 1000 : w);
             ob->cursor = 0;
             continue;
+        }
+        if (!up) {
+            /* Connection lost with publishes in flight: reclaim and retry. */
+            pthread_mutex_lock(&ob->mu);
+            ob->draining = true;
+            pthread_mutex_unlock(&ob->mu);
         }
         bool more_waiting = false;
         long loaded = 0;

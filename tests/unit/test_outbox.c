@@ -189,3 +189,40 @@ Test(outbox, relay_create_refuses_bad_config)
     cr_assert_eq(sonar_outbox_create(&ob, NULL, path, NULL), SONAR_ERR_INVALID);
     sonar_outbox_destroy(NULL);
 }
+
+Test(outbox, migrate_upgrades_a_version_1_database_keeping_pending_and_sent_rows)
+{
+    char p1[320];
+    snprintf(p1, sizeof p1, "%s/v1.db", dir);
+    sqlite3 *old = NULL;
+    cr_assert_eq(sqlite3_open(p1, &old), SQLITE_OK);
+    /* The version 1 layout as released: sent rows stayed in sonar_outbox. */
+    const char *v1 =
+        "CREATE TABLE sonar_outbox_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO sonar_outbox_meta VALUES ('schema_version','1'), ('outbox_id','AAAAAAAAAAAAAAAAAAAAAA'),"
+        " ('published','1'), ('retries','0'), ('dead','0');"
+        "CREATE TABLE sonar_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL,"
+        " payload BLOB NOT NULL, headers TEXT, created_ms INTEGER NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, sent_ms INTEGER, stream_seq INTEGER);"
+        "CREATE INDEX sonar_outbox_pending ON sonar_outbox(id) WHERE sent_ms IS NULL;"
+        "CREATE INDEX sonar_outbox_sent ON sonar_outbox(sent_ms) WHERE sent_ms IS NOT NULL;"
+        "CREATE TABLE sonar_outbox_dead (id INTEGER PRIMARY KEY, subject TEXT NOT NULL,"
+        " payload BLOB NOT NULL, headers TEXT, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,"
+        " error TEXT NOT NULL, dead_ms INTEGER NOT NULL);"
+        "INSERT INTO sonar_outbox(subject, payload, created_ms, sent_ms, stream_seq)"
+        " VALUES ('a.b', 'sent', 1, 2, 7);"
+        "INSERT INTO sonar_outbox(subject, payload, created_ms) VALUES ('a.b', 'pending', 3);";
+    cr_assert_eq(sqlite3_exec(old, v1, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(old));
+    cr_assert_eq(sonar_outbox_migrate(old), SONAR_OK, "%s", sonar_last_error());
+    int64_t id = 0;
+    cr_assert_eq(sonar_outbox_enqueue(&id, old, "a.c", "new", 3, NULL), SONAR_OK);
+    cr_assert_eq(id, 3, "ids continue after the upgrade");
+    sqlite3_close(old);
+    sonar_outbox_db_status st;
+    cr_assert_eq(sonar_outbox_db_status_read(&st, p1), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(st.schema_version, 2);
+    cr_assert_str_eq(st.outbox_id, "AAAAAAAAAAAAAAAAAAAAAA");
+    cr_assert_eq(st.pending, 2);
+    cr_assert_eq(st.sent_retained, 1);
+    cr_assert_eq(st.published_total, 1);
+}
