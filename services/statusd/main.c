@@ -34,7 +34,7 @@ static void usage(FILE *to)
         "                        \"success_threshold\"}]}\n"
         "  --interval DURATION   default check interval (default 10s; e.g. 500ms, 1m)\n"
         "  --timeout DURATION    default check timeout (default 5s)\n"
-        "  --retention DURATION  keep checks and samples this long (default 7d)\n"
+        "  --retention DURATION  keep checks and samples this long (default 1d)\n"
         "  --listen ADDR:PORT    serve statusd's own /metrics and /health (default: off)\n"
         "  --workers N           check worker threads (default 16)\n"
         "  --help                this text\n"
@@ -81,7 +81,7 @@ int main(int argc, char **argv)
         .version = SONAR_VERSION,
         .interval_ms = 10 * 1000,
         .timeout_ms = 5 * 1000,
-        .retention_ms = 7LL * 24 * 3600 * 1000,
+        .retention_ms = 24LL * 3600 * 1000,
         .workers = 16,
     };
     const char *server = NULL, *config = NULL, *listen = NULL;
