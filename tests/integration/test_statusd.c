@@ -32,6 +32,7 @@ static test_proc statusd_proc;
 static bool statusd_running;
 static test_httpd *web;
 static atomic_int health_code = 200;
+static atomic_bool health_warn = false;
 
 static void setup(void)
 {
@@ -39,6 +40,7 @@ static void setup(void)
     cr_assert(test_natsd_start(&natsd));
     cr_assert_eq(natsConnection_ConnectTo(&nc, natsd.url), NATS_OK);
     atomic_store(&health_code, 200);
+    atomic_store(&health_warn, false);
 }
 
 static void dump(const test_proc *p)
@@ -123,7 +125,12 @@ static void health_handler(const test_httpd_request *req, test_httpd_reply_t *re
     (void)req;
     (void)closure;
     int code = atomic_load(&health_code);
-    test_httpd_reply(reply, code, code == 200 ? "{\"status\":\"pass\"}" : "down for maintenance");
+    if (code == 200 && atomic_load(&health_warn))
+        test_httpd_reply(reply, 200, "{\"status\":\"warn\",\"checks\":{\"db:connections\":"
+                                     "[{\"status\":\"warn\",\"output\":\"pool at 95%%\"}]}}");
+    else
+        test_httpd_reply(reply, code, "%s",
+                         code == 200 ? "{\"status\":\"pass\"}" : "down for maintenance");
 }
 
 static const char *metrics_body =
@@ -312,6 +319,22 @@ Test(statusd, http_target_up_down_up_gives_thresholded_transitions_and_events)
     json_decref(ev);
     cr_expect_eq(test_collector_count(events), 3, "exactly three transitions");
 
+    /* the target says it is degraded: passing -> warning at once, and back */
+    atomic_store(&health_warn, true);
+    cr_assert(test_collector_wait(events, 4, 10000), "no warning event");
+    ev = json_loads(test_collector_data(events, 3), 0, NULL);
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "from")), "passing");
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "to")), "warning");
+    const char *why = json_string_value(json_object_get(ev, "error"));
+    cr_expect(why && strstr(why, "db:connections"), "warning reason: %s", why ? why : "(null)");
+    json_decref(ev);
+    atomic_store(&health_warn, false);
+    cr_assert(test_collector_wait(events, 5, 10000), "no event back to passing");
+    ev = json_loads(test_collector_data(events, 4), 0, NULL);
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "from")), "warning");
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "to")), "passing");
+    json_decref(ev);
+
     /* the checks are stored, newest first, with code and status */
     json_t *checks = api("sonar.status.checks", "{\"service\":\"websvc\",\"limit\":1000}", NULL);
     json_t *arr = json_object_get(checks, "checks");
@@ -339,11 +362,11 @@ Test(statusd, http_target_up_down_up_gives_thresholded_transitions_and_events)
     bool stored = TEST_WAIT_UNTIL(({
         jsStreamInfo *si = NULL;
         bool three = js_GetStreamInfo(&si, js, "SONAR_EVENTS", NULL, NULL) == NATS_OK &&
-                     si->State.Msgs == 3;
+                     si->State.Msgs == 5;
         jsStreamInfo_Destroy(si);
         three;
     }), 10000);
-    cr_expect(stored, "the three events are not in SONAR_EVENTS");
+    cr_expect(stored, "the five events are not in SONAR_EVENTS");
     jsCtx_Destroy(js);
     test_collector_destroy(events);
 }
