@@ -162,6 +162,28 @@ int main(int argc, char **argv)
         fprintf(stderr, "statusd: config: %s\n", sonar_last_error());
         return 2;
     }
+    /* With --listen, statusd registers its own /health and /metrics (and so
+     * checks itself like any other service). */
+    char health_url[128], metrics_url[128];
+    if (listen != NULL && statusd_http_check(listen) != SONAR_OK) {
+        fprintf(stderr, "statusd: %s\n", sonar_last_error());
+        return 2;
+    }
+    if (listen != NULL) {
+        const char *host = listen;
+        size_t hlen = strcspn(listen, ":");
+        if (strncmp(listen, "0.0.0.0:", 8) == 0) {
+            host = "127.0.0.1";
+            hlen = strlen(host);
+        }
+        const char *port = strrchr(listen, ':');
+        snprintf(health_url, sizeof health_url, "http://%.*s%s/health", (int)hlen, host,
+                 port ? port : "");
+        snprintf(metrics_url, sizeof metrics_url, "http://%.*s%s/metrics", (int)hlen, host,
+                 port ? port : "");
+        cfg.health_url = health_url;
+        cfg.metrics_url = metrics_url;
+    }
     cfg.static_targets = specs;
     cfg.n_static_targets = n_specs;
 

@@ -151,7 +151,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                   MHD_RESPMEM_PERSISTENT);
 }
 
-sonar_status statusd_http_start(statusd_http **out, statusd *d, const char *listen)
+/* "ADDR:PORT" (IPv4 or localhost) into \p sa. */
+static sonar_status parse_listen(const char *listen, struct sockaddr_in *out)
 {
     const char *colon = listen ? strrchr(listen, ':') : NULL;
     if (colon == NULL || colon == listen || colon[1] == '\0')
@@ -174,6 +175,23 @@ sonar_status statusd_http_start(statusd_http **out, statusd *d, const char *list
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
         return sonar__fail(SONAR_ERR_INVALID, "--listen '%s': '%s' is not an IPv4 address",
                            listen, host);
+    *out = sa;
+    return SONAR_OK;
+}
+
+sonar_status statusd_http_check(const char *listen)
+{
+    struct sockaddr_in sa;
+    return parse_listen(listen, &sa);
+}
+
+sonar_status statusd_http_start(statusd_http **out, statusd *d, const char *listen)
+{
+    struct sockaddr_in sa;
+    sonar_status st = parse_listen(listen, &sa);
+    if (st != SONAR_OK)
+        return st;
+    long port = ntohs(sa.sin_port);
     statusd_http *h = calloc(1, sizeof *h);
     if (h == NULL)
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");

@@ -503,6 +503,8 @@ sonar_status statusd_start(statusd **out, sonar_bus *bus, const statusd_config *
             .version = d->version,
             .description = "sonar status: health checks and metrics of services",
             .no_check_endpoint = true,
+            .health = cfg->health_url,
+            .metrics = cfg->metrics_url,
         };
         s = sonar_service_create(&d->svc, bus, &sc);
     }

@@ -33,6 +33,8 @@ typedef struct statusd_config {
     int64_t timeout_ms;          /**< default check timeout (capped at the interval) */
     int64_t retention_ms;        /**< keep checks and samples this long */
     int workers;                 /**< check worker threads */
+    const char *health_url;      /**< registered as statusd's own health endpoint; may be NULL */
+    const char *metrics_url;     /**< registered as statusd's own metrics endpoint; may be NULL */
     const statusd_target_spec *static_targets; /**< from --config; borrowed for start */
     size_t n_static_targets;
 } statusd_config;
@@ -68,6 +70,9 @@ typedef struct statusd_http statusd_http;
  *         it cannot listen.
  */
 sonar_status statusd_http_start(statusd_http **out, statusd *d, const char *listen);
+
+/** \brief Checks \p listen as statusd_http_start() would, without listening. */
+sonar_status statusd_http_check(const char *listen);
 
 /** \brief Stops serving. Accepts NULL. */
 void statusd_http_stop(statusd_http *h);

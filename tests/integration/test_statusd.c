@@ -472,6 +472,22 @@ Test(statusd, config_targets_are_checked_and_scraped_with_labels)
     cr_expect_not_null(sonar_promtext_family_find(parsed, "statusd_targets"));
     sonar_promtext_destroy(parsed);
     free(buf);
+
+    /* with --listen statusd registers its own /health and /metrics: it checks itself */
+    cr_expect(TEST_WAIT_UNTIL(
+        count_samples("{\"name\":\"statusd_scrapes_total\",\"service\":\"statusd\"}") > 0,
+        10000), "statusd did not scrape itself");
+    doc = api("sonar.status.targets", "", NULL);
+    bool self = false;
+    json_t *arr = json_object_get(doc, "targets");
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *tg = json_array_get(arr, i);
+        const char *h = json_string_value(json_object_get(tg, "health"));
+        self = self || (strcmp(json_string_value(json_object_get(tg, "service")), "statusd") == 0 &&
+                        h && strstr(h, listen) && strstr(h, "/health"));
+    }
+    cr_expect(self, "no registry target for statusd's own /health");
+    json_decref(doc);
 }
 
 Test(statusd, chillybin_joins_is_checked_and_scraped_then_leaves)
@@ -759,7 +775,7 @@ Test(statusd, bad_flags_and_config_files_are_refused_clearly)
     char *out = test_proc_stdout(&p);
     cr_expect(strstr(out, "--retention"));
     free(out);
-    /* a bad --listen is refused after connecting */
+    /* a bad --listen is refused */
     char db[320];
     snprintf(db, sizeof db, "%s/l.db", tmpdir);
     const char *lst[] = {bin, "--server", natsd.url, "--db", db, "--listen", "nowhere", NULL};
