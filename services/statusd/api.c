@@ -293,7 +293,12 @@ static sonar_status api_add(sonar_request *req, void *closure)
     pthread_mutex_lock(&d->lock);
     target *t = statusd__find_name(d, spec.name);
     statusd_source taken = t ? t->source : STATUSD_SOURCE_API;
+    bool full = t == NULL && d->n_targets >= STATUSD_MAX_TARGETS;
     pthread_mutex_unlock(&d->lock);
+    if (full) {
+        sonar_request_respond_error(req, 503, "already %d targets", STATUSD_MAX_TARGETS);
+        goto out;
+    }
     if (taken != STATUSD_SOURCE_API) {
         sonar_request_respond_error(req, 400, "target name \"%s\" is taken by a %s target",
                                     spec.name, statusd_source_str(taken));

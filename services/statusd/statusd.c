@@ -177,6 +177,9 @@ static void on_register(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
                (!r.metrics || strcmp(t->spec.metrics, r.metrics) == 0)) {
         t->seen_ms = sonar_now_ms(); /* a heartbeat */
         t->heartbeat_ms = r.heartbeat_ms;
+    } else if (t == NULL && d->n_targets >= STATUSD_MAX_TARGETS) {
+        sonar_log(SONAR_LOG_WARN, "target %s ignored: already %d targets", tname,
+                  STATUSD_MAX_TARGETS);
     } else if (t == NULL || t->source == STATUSD_SOURCE_REGISTRY) {
         statusd_target_spec spec = {.name = tname, .service = r.service, .instance = r.instance,
                                     .health = r.health, .metrics = r.metrics};

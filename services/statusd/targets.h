@@ -34,8 +34,10 @@ const char *statusd_source_str(statusd_source source);
 #define STATUSD_INTERVAL_MAX (24LL * 3600 * 1000)
 #define STATUSD_TIMEOUT_MIN 10
 #define STATUSD_TIMEOUT_MAX (10LL * 60 * 1000)
-/** Most targets from the config file and the API together. */
+/** Most targets in a config file. */
 #define STATUSD_MAX_STATIC_TARGETS 100000
+/** Most targets at once, all sources together (new ones beyond are refused). */
+#define STATUSD_MAX_TARGETS 200000
 
 /** A target as configured. All strings owned by the spec (new). */
 typedef struct statusd_target_spec {
