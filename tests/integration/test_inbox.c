@@ -198,6 +198,32 @@ Test(inbox, idle_inbox_stops_within_its_fetch_wait)
     cr_assert_lt(test_now_ms() - t1, 3000, "destroy hung in Fetch");
 }
 
+Test(inbox, keeps_consuming_across_a_nats_server_restart)
+{
+    publish_n(20);
+    sonar_inbox_config cfg = base_config();
+    sonar_inbox *in = NULL;
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(applied("") == 20, 10000));
+    test_natsd_stop(&natsd);
+    int64_t down_at = test_now_ms();
+    TEST_WAIT_UNTIL(test_now_ms() - down_at >= 1000, 2000);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    for (int i = 21; i <= 40; i++) {
+        char data[32], id[32];
+        snprintf(data, sizeof data, "event-%d", i);
+        snprintf(id, sizeof id, "id-%d", i);
+        publish("ev.x", data, id);
+    }
+    cr_assert(TEST_WAIT_UNTIL(applied("") >= 40, 30000), "applied %ld after the restart",
+              applied(""));
+    sonar_inbox_destroy(in);
+    cr_assert_eq(applied(""), 40);
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(DISTINCT data) FROM applied", -1), 40);
+}
+
 Test(inbox, create_refuses_bad_config)
 {
     sonar_inbox *in = NULL;
