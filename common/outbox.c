@@ -4,7 +4,7 @@
  *
  * Threads: the relay thread owns its SQLite connection and the jsCtx
  * publishing state; the PubAck handler runs on a nats.c thread and only
- * records results in the current batch under `mu` (no SQLite there).
+ * records answers in the window under `mu` (no SQLite there).
  */
 #include "sonar/outbox.h"
 
@@ -23,11 +23,14 @@
 
 #define MSG_ID_HEADER "Nats-Msg-Id"
 #define PRUNE_BATCH 500
-#define MAX_SUBJECT_STATES 4096
+#define MAX_SUBJECT_STATES 256
+/* Answered rows are recorded at least this often (or at a quarter window):
+ * fewer write transactions competing with the producer for the lock. */
+#define SETTLE_EVERY_MS 5
 
 /* ---- Schema ------------------------------------------------------------ */
 
-static const char schema_v1[] =
+static const char schema_v2[] =
     "CREATE TABLE IF NOT EXISTS sonar_outbox ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT," /* never reused: ids are message ids */
     "  subject TEXT NOT NULL,"
@@ -35,11 +38,19 @@ static const char schema_v1[] =
     "  headers TEXT,"
     "  created_ms INTEGER NOT NULL,"
     "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  last_error TEXT,"
-    "  sent_ms INTEGER,"
-    "  stream_seq INTEGER);"
-    "CREATE INDEX IF NOT EXISTS sonar_outbox_pending ON sonar_outbox(id) WHERE sent_ms IS NULL;"
-    "CREATE INDEX IF NOT EXISTS sonar_outbox_sent ON sonar_outbox(sent_ms) WHERE sent_ms IS NOT NULL;"
+    "  last_error TEXT);"
+    /* Published rows kept for the retention period (none by default). A
+     * separate table keeps the pending table free of secondary indexes:
+     * enqueue is one B-tree insert plus the AUTOINCREMENT counter. */
+    "CREATE TABLE IF NOT EXISTS sonar_outbox_sent ("
+    "  id INTEGER PRIMARY KEY,"
+    "  subject TEXT NOT NULL,"
+    "  payload BLOB NOT NULL,"
+    "  headers TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  sent_ms INTEGER NOT NULL,"
+    "  stream_seq INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS sonar_outbox_sent_at ON sonar_outbox_sent(sent_ms);"
     "CREATE TABLE IF NOT EXISTS sonar_outbox_dead ("
     "  id INTEGER PRIMARY KEY,"
     "  subject TEXT NOT NULL,"
@@ -49,6 +60,26 @@ static const char schema_v1[] =
     "  attempts INTEGER NOT NULL,"
     "  error TEXT NOT NULL,"
     "  dead_ms INTEGER NOT NULL);";
+
+/* Version 1 kept published rows in sonar_outbox (sent_ms, stream_seq) with
+ * two partial indexes; version 2 moves them to sonar_outbox_sent so the
+ * pending table has no secondary index. The old columns stay, unused. */
+static sonar_status upgrade_v1(sqlite3 *db)
+{
+    static const char sql[] =
+        "DROP INDEX IF EXISTS sonar_outbox_pending;"
+        "DROP INDEX IF EXISTS sonar_outbox_sent;"
+        "CREATE TABLE IF NOT EXISTS sonar_outbox_sent ("
+        "  id INTEGER PRIMARY KEY, subject TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT,"
+        "  created_ms INTEGER NOT NULL, sent_ms INTEGER NOT NULL, stream_seq INTEGER NOT NULL);"
+        "CREATE INDEX IF NOT EXISTS sonar_outbox_sent_at ON sonar_outbox_sent(sent_ms);"
+        "INSERT OR REPLACE INTO sonar_outbox_sent(id, subject, payload, headers, created_ms,"
+        "  sent_ms, stream_seq) SELECT id, subject, payload, headers, created_ms, sent_ms,"
+        "  coalesce(stream_seq, 0) FROM sonar_outbox WHERE sent_ms IS NOT NULL;"
+        "DELETE FROM sonar_outbox WHERE sent_ms IS NOT NULL;"
+        "UPDATE sonar_outbox_meta SET value='2' WHERE key='schema_version';";
+    return sonar__db_exec(db, sql);
+}
 
 static sonar_status meta_get(sqlite3 *db, const char *key, char *buf, size_t buflen, bool *found)
 {
@@ -89,10 +120,12 @@ sonar_status sonar_outbox_migrate(sqlite3 *db)
         s = sonar__fail(SONAR_ERR_DB,
                         "outbox schema version %s is newer than this library (%d)", ver,
                         SONAR_OUTBOX_SCHEMA_VERSION);
+    if (s == SONAR_OK && found && atoi(ver) == 1)
+        s = upgrade_v1(db);
     if (s == SONAR_OK && !found) {
         char id[23], sql[512];
         sonar_random_id(id);
-        s = sonar__db_exec(db, schema_v1);
+        s = sonar__db_exec(db, schema_v2);
         snprintf(sql, sizeof sql,
                  "INSERT INTO sonar_outbox_meta(key, value) VALUES"
                  " ('schema_version', '%d'), ('outbox_id', '%s'), ('published', '0'),"
@@ -110,6 +143,12 @@ sonar_status sonar_outbox_migrate(sqlite3 *db)
 }
 
 /* ---- Enqueue ----------------------------------------------------------- */
+
+void sonar_outbox_set_busy_handler(sqlite3 *db)
+{
+    if (db)
+        sonar__db_fast_busy(db);
+}
 
 bool sonar_outbox_subject_valid(const char *subject)
 {
@@ -221,7 +260,7 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
 /* ---- Relay ------------------------------------------------------------- */
 
 typedef enum slot_state {
-    SLOT_IDLE = 0,   /* not sent in this batch */
+    SLOT_IDLE = 0,   /* loaded, not sent */
     SLOT_SENT,       /* published, no answer yet */
     SLOT_OK,         /* PubAck received */
     SLOT_FAILED,     /* refused or failed; see err/errcode */
@@ -234,6 +273,7 @@ typedef struct slot {
     size_t len;
     char *headers;
     int64_t created_ms;
+    int64_t sent_at_ms;  /* monotonic, when published */
     slot_state state;
     bool duplicate;
     bool permanent;      /* decided before publishing (e.g. too large) */
@@ -265,14 +305,23 @@ struct sonar_outbox {
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu;
-    pthread_cond_t cond;       /* notify/stop for the relay; batch completion */
+    pthread_cond_t cond;       /* notify/stop and answers for the relay */
     bool stop;
     bool notified;
 
-    slot *slots;               /* current batch, ids ascending (guarded by mu while in flight) */
-    size_t n_slots;
+    /* The window: rows loaded and not yet settled, ids ascending, at
+     * slots[head .. head + n_slots) of an array of 2 * max_in_flight.
+     * The PubAck handler reads and writes slot states under mu. */
+    slot *slots;
+    size_t cap, head, n_slots;
+    int64_t cursor;            /* highest id loaded in this pass */
+    bool draining;             /* let the window empty, then restart the pass */
+    char *last_blocked;        /* blocked-subject list of this pass */
     int64_t inflight;          /* published and not yet answered or reclaimed */
-    int64_t batch_failures;    /* failed answers in the current batch */
+    int64_t answered;          /* answers since the relay last woke */
+    int64_t wake_at;           /* the handler wakes the relay at this many answers */
+    int64_t batch_failures;    /* failed answers/publishes in the window */
+    bool saw_retry_all;        /* a connection-level failure in this pass */
 
     subject_state *subs;       /* relay thread only */
     size_t n_subs;
@@ -280,6 +329,7 @@ struct sonar_outbox {
     int64_t idle_ms;
     int64_t prune_due_ms;      /* wall clock; INT64_MAX: nothing retained */
     int64_t pending_refresh_ms;
+    int64_t last_settle_ms;
     unsigned rng;
 
     sonar_outbox_stats st;     /* guarded by mu */
@@ -367,14 +417,18 @@ static subject_state *subject_find(sonar_outbox *ob, const char *subject, bool c
     return s;
 }
 
-static void batch_clear(sonar_outbox *ob)
+/* Frees the first k slots of the window (caller holds mu). */
+static void window_drop(sonar_outbox *ob, size_t k)
 {
-    for (size_t i = 0; i < ob->n_slots; i++) {
+    for (size_t i = ob->head; i < ob->head + k; i++) {
         free(ob->slots[i].subject);
         free(ob->slots[i].payload);
         free(ob->slots[i].headers);
     }
-    ob->n_slots = 0;
+    ob->head += k;
+    ob->n_slots -= k;
+    if (ob->n_slots == 0)
+        ob->head = 0;
 }
 
 /* The PubAck handler: runs on a nats.c thread; records the answer only. */
@@ -390,7 +444,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
             id = strtoll(dash + 1, NULL, 10);
     }
     pthread_mutex_lock(&ob->mu);
-    size_t lo = 0, hi = ob->n_slots;
+    size_t lo = ob->head, hi = ob->head + ob->n_slots;
     while (lo < hi) {
         size_t mid_i = (lo + hi) / 2;
         if (ob->slots[mid_i].id < id)
@@ -398,7 +452,8 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         else
             hi = mid_i;
     }
-    if (lo < ob->n_slots && ob->slots[lo].id == id && ob->slots[lo].state == SLOT_SENT) {
+    if (lo < ob->head + ob->n_slots && ob->slots[lo].id == id &&
+        ob->slots[lo].state == SLOT_SENT) {
         slot *s = &ob->slots[lo];
         if (pa != NULL) {
             s->state = SLOT_OK;
@@ -415,7 +470,8 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         }
     }
     natsMsg_Destroy(msg);
-    if (--ob->inflight <= 0)
+    ob->answered++;
+    if (--ob->inflight <= 0 || ob->answered >= ob->wake_at || ob->batch_failures > 0)
         pthread_cond_broadcast(&ob->cond);
     pthread_mutex_unlock(&ob->mu);
 }
@@ -447,41 +503,57 @@ static char *blocked_subjects(sonar_outbox *ob, int64_t now, int64_t *next_unblo
     return s;
 }
 
-/* Loads up to max_in_flight pending rows (id order) of unblocked subjects. */
-static sonar_status load_batch(sonar_outbox *ob, const char *blocked)
+/* Appends up to `want` pending rows with id > cursor (id order) of
+ * unblocked subjects to the window. Returns the number loaded, or -1. */
+static long load_more(sonar_outbox *ob, const char *blocked, size_t want)
 {
+    pthread_mutex_lock(&ob->mu);
+    if (ob->head + ob->n_slots + want > ob->cap) {
+        memmove(ob->slots, ob->slots + ob->head, ob->n_slots * sizeof *ob->slots);
+        ob->head = 0;
+    }
+    size_t at = ob->head + ob->n_slots;
+    pthread_mutex_unlock(&ob->mu);
     sqlite3_stmt *st = ob->st_select;
     sqlite3_reset(st);
     sqlite3_bind_text(st, 1, blocked ? blocked : "[]", -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int(st, 2, ob->cfg.max_in_flight);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)want);
+    sqlite3_bind_int64(st, 3, ob->cursor);
     count_query(ob);
-    slot *slots = ob->slots;
     size_t n = 0;
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        slot *s = &slots[n];
+    /* Slots past the window are the relay's own until n_slots grows. */
+    while (n < want && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        slot *s = &ob->slots[at + n];
         memset(s, 0, sizeof *s);
         s->id = sqlite3_column_int64(st, 0);
         s->subject = strdup((const char *)sqlite3_column_text(st, 1));
         s->len = (size_t)sqlite3_column_bytes(st, 2);
         s->payload = malloc(s->len ? s->len : 1);
-        if (s->len)
+        if (s->len && s->payload)
             memcpy(s->payload, sqlite3_column_blob(st, 2), s->len);
         if (sqlite3_column_type(st, 3) != SQLITE_NULL)
             s->headers = strdup((const char *)sqlite3_column_text(st, 3));
         s->created_ms = sqlite3_column_int64(st, 4);
         n++;
-        if (s->subject == NULL || s->payload == NULL)
+        if (s->subject == NULL || s->payload == NULL) {
+            rc = SQLITE_NOMEM;
             break;
+        }
     }
-    pthread_mutex_lock(&ob->mu);
-    ob->n_slots = n;
-    ob->batch_failures = 0;
-    pthread_mutex_unlock(&ob->mu);
+    if (n == want)
+        rc = SQLITE_DONE;
     sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return sonar__db_fail(ob->db, "outbox relay: reading pending rows");
-    return SONAR_OK;
+    pthread_mutex_lock(&ob->mu);
+    ob->n_slots += n;
+    pthread_mutex_unlock(&ob->mu);
+    if (n > 0)
+        ob->cursor = ob->slots[at + n - 1].id;
+    if (rc != SQLITE_DONE) {
+        sonar__db_fail(ob->db, "outbox relay: reading pending rows");
+        return -1;
+    }
+    return (long)n;
 }
 
 static natsStatus build_msg(natsMsg **out, const slot *s)
@@ -525,23 +597,22 @@ static void slot_fail(sonar_outbox *ob, slot *s, natsStatus err, bool permanent,
     va_end(ap);
 }
 
-/* Publishes the loaded batch; stops at the first connection-level failure
- * and skips later rows of a subject whose earlier row could not be sent. */
-static void publish_batch(sonar_outbox *ob)
+/* Publishes window slots from index `from` on; stops at the first
+ * connection-level failure and skips later rows of a subject whose earlier
+ * row failed (they are read again after the window drained). */
+static void publish_from(sonar_outbox *ob, size_t from)
 {
     int64_t max_payload = natsConnection_GetMaxPayload(ob->nc);
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = ob->cfg.ack_timeout_ms;
     char mid[64];
-    for (size_t i = 0; i < ob->n_slots; i++) {
+    for (size_t i = from; i < ob->head + ob->n_slots; i++) {
         slot *s = &ob->slots[i];
-        /* Once a row of a subject failed (at publish or in its answer),
-         * later rows of that subject wait for the next batch. */
         bool skip = false;
         pthread_mutex_lock(&ob->mu);
         if (ob->batch_failures > 0)
-            for (size_t j = 0; j < i && !skip; j++)
+            for (size_t j = ob->head; j < i && !skip; j++)
                 skip = ob->slots[j].state == SLOT_FAILED && !ob->slots[j].permanent &&
                        strcmp(ob->slots[j].subject, s->subject) == 0;
         pthread_mutex_unlock(&ob->mu);
@@ -566,6 +637,7 @@ static void publish_batch(sonar_outbox *ob)
         po.MsgId = mid;
         pthread_mutex_lock(&ob->mu);
         s->state = SLOT_SENT;
+        s->sent_at_ms = sonar_now_ms();
         ob->inflight++;
         pthread_mutex_unlock(&ob->mu);
         ns = js_PublishMsgAsync(ob->js, &m, &po);
@@ -582,29 +654,10 @@ static void publish_batch(sonar_outbox *ob)
     }
 }
 
-/* Waits for every PubAck of the batch, up to the ack timeout; reclaims the
- * rest (they count as timed out and are retried). */
-static void await_batch(sonar_outbox *ob)
+/* Takes back publishes still unanswered: they count as timed out and are
+ * retried after the window drained. */
+static void reclaim(sonar_outbox *ob)
 {
-    int64_t deadline = sonar_now_ms() + ob->cfg.ack_timeout_ms + 500;
-    pthread_mutex_lock(&ob->mu);
-    while (ob->inflight > 0 && sonar_now_ms() < deadline) {
-        pthread_mutex_unlock(&ob->mu);
-        bool up = conn_up(ob);
-        pthread_mutex_lock(&ob->mu);
-        if (!up)
-            break; /* lost connection: unanswered publishes are retried */
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        if (ob->inflight > 0)
-            pthread_cond_timedwait(&ob->cond, &ob->mu, &ts);
-    }
-    pthread_mutex_unlock(&ob->mu);
     natsMsgList pending = {0};
     if (js_PublishAsyncGetPendingList(&pending, ob->js) == NATS_OK) {
         pthread_mutex_lock(&ob->mu);
@@ -616,15 +669,66 @@ static void await_batch(sonar_outbox *ob)
     pthread_mutex_lock(&ob->mu);
     while (ob->inflight > 0)
         pthread_cond_wait(&ob->cond, &ob->mu);
-    for (size_t i = 0; i < ob->n_slots; i++) {
-        if (ob->slots[i].state == SLOT_SENT) {
-            ob->slots[i].state = SLOT_FAILED;
-            ob->slots[i].err = NATS_TIMEOUT;
-            snprintf(ob->slots[i].errtext, sizeof ob->slots[i].errtext,
-                     "no PubAck within %" PRId64 " ms", ob->cfg.ack_timeout_ms);
+    for (size_t i = ob->head; i < ob->head + ob->n_slots; i++) {
+        slot *s = &ob->slots[i];
+        if (s->state == SLOT_SENT) {
+            s->state = SLOT_FAILED;
+            s->err = NATS_TIMEOUT;
+            snprintf(s->errtext, sizeof s->errtext, "no PubAck within %" PRId64 " ms",
+                     ob->cfg.ack_timeout_ms);
+            ob->batch_failures++;
         }
     }
     pthread_mutex_unlock(&ob->mu);
+}
+
+/* Waits until enough answers arrived to be worth a transaction (a quarter
+ * of the window, or all when draining or when no more rows wait), a
+ * failure, new work with room in the window, or the oldest publish timed
+ * out (then reclaims). */
+static void await_some(sonar_outbox *ob, bool more_waiting)
+{
+    bool timed_out = false;
+    pthread_mutex_lock(&ob->mu);
+    int64_t quarter = ob->cfg.max_in_flight / 4 > 0 ? ob->cfg.max_in_flight / 4 : 1;
+    bool all = ob->draining || !more_waiting;
+    ob->wake_at = all ? INT64_MAX : quarter;
+    while (!ob->stop && ob->inflight > 0 && ob->answered < ob->wake_at &&
+           (ob->batch_failures == 0 || ob->draining)) {
+        /* New rows and room for them: go publish (pipelining). */
+        if (!ob->draining && ob->notified && ob->n_slots < (size_t)ob->cfg.max_in_flight)
+            break;
+        /* The oldest unanswered publish is the first SENT slot. */
+        int64_t sent = 0;
+        for (size_t i = ob->head; i < ob->head + ob->n_slots; i++)
+            if (ob->slots[i].state == SLOT_SENT) {
+                sent = ob->slots[i].sent_at_ms;
+                break;
+            }
+        if (sent && sonar_now_ms() - sent > ob->cfg.ack_timeout_ms + 500) {
+            timed_out = true;
+            break;
+        }
+        pthread_mutex_unlock(&ob->mu);
+        bool up = conn_up(ob);
+        pthread_mutex_lock(&ob->mu);
+        if (!up) {
+            timed_out = true; /* lost connection: unanswered publishes are retried */
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 50 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&ob->cond, &ob->mu, &ts);
+    }
+    ob->answered = 0;
+    pthread_mutex_unlock(&ob->mu);
+    if (timed_out)
+        reclaim(ob);
 }
 
 /* The classification rule (docs/outbox.md, "Failures"). */
@@ -665,20 +769,26 @@ static verdict classify(sonar_outbox *ob, const slot *s, subject_state *ss, int6
     return V_RETRY_ALL; /* timeouts, connection errors */
 }
 
+/* A confirmed row: copied to sonar_outbox_sent when retained, then deleted. */
 static sonar_status step_done(sonar_outbox *ob, const slot *s, int64_t wall)
 {
-    sqlite3_stmt *st = ob->cfg.retention_ms > 0 ? ob->st_mark : ob->st_delete;
-    sqlite3_reset(st);
+    int rc = SQLITE_DONE;
     if (ob->cfg.retention_ms > 0) {
+        sqlite3_stmt *st = ob->st_mark;
+        sqlite3_reset(st);
         sqlite3_bind_int64(st, 1, wall);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)s->seq);
         sqlite3_bind_int64(st, 3, s->id);
-    } else {
-        sqlite3_bind_int64(st, 1, s->id);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
     }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: marking row sent");
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(ob->st_delete);
+        sqlite3_bind_int64(ob->st_delete, 1, s->id);
+        rc = sqlite3_step(ob->st_delete);
+        sqlite3_reset(ob->st_delete);
+    }
+    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: recording a sent row");
 }
 
 static sonar_status step_dead(sonar_outbox *ob, const slot *s, const char *why, int64_t wall)
@@ -726,8 +836,9 @@ static void order_probe(sonar_outbox *ob, subject_state *ss, const slot *s)
     }
 }
 
-/* Records the batch's outcome in one transaction and updates back-offs. */
-static sonar_status settle_batch(sonar_outbox *ob)
+/* Records the outcome of the first k window slots (all answered or not
+ * sent) in one transaction, updates back-offs, and drops them. */
+static sonar_status settle_prefix(sonar_outbox *ob, size_t k)
 {
     int64_t now = sonar_now_ms(), wall = sonar_wall_ms();
     int64_t n_ok = 0, n_dup = 0, n_retry = 0, n_dead = 0;
@@ -736,11 +847,15 @@ static sonar_status settle_batch(sonar_outbox *ob)
     count_query(ob);
     if (s != SONAR_OK)
         return s;
-    for (size_t i = 0; i < ob->n_slots && s == SONAR_OK; i++) {
+    for (size_t i = ob->head; i < ob->head + k && s == SONAR_OK; i++) {
         slot *sl = &ob->slots[i];
         if (sl->state == SLOT_IDLE)
             continue;
-        subject_state *ss = subject_find(ob, sl->subject, true);
+        /* Subject state exists only for subjects that failed lately, so the
+         * common case (nothing failing) costs no lookup. */
+        subject_state *ss = ob->n_subs || sl->state != SLOT_OK
+                                ? subject_find(ob, sl->subject, sl->state != SLOT_OK)
+                                : NULL;
         verdict v = classify(ob, sl, ss, now);
         count_query(ob);
         switch (v) {
@@ -802,9 +917,12 @@ static sonar_status settle_batch(sonar_outbox *ob)
     }
     if (n_ok && ob->cfg.retention_ms > 0 && wall + ob->cfg.retention_ms < ob->prune_due_ms)
         ob->prune_due_ms = wall + ob->cfg.retention_ms;
-    ob->backoff_ms = retry_all ? grow(ob->backoff_ms, ob->cfg.retry_min_ms, ob->cfg.retry_max_ms)
-                               : 0;
+    if (retry_all)
+        ob->saw_retry_all = true;
+    else if (n_ok > 0)
+        ob->backoff_ms = 0;
     pthread_mutex_lock(&ob->mu);
+    window_drop(ob, k);
     ob->st.published += n_ok;
     ob->st.duplicates += n_dup;
     ob->st.retries += n_retry;
@@ -821,8 +939,8 @@ static void refresh_pending(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int64_t pending = 0, oldest = 0, dead = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "SELECT (SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL),"
-                           " (SELECT min(created_ms) FROM sonar_outbox WHERE sent_ms IS NULL),"
+                           "SELECT (SELECT count(*) FROM sonar_outbox),"
+                           " (SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1),"
                            " (SELECT count(*) FROM sonar_outbox_dead)",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
@@ -849,8 +967,8 @@ static void prune(sonar_outbox *ob)
     sqlite3_stmt *st = NULL;
     int deleted = 0;
     if (sqlite3_prepare_v2(ob->db,
-                           "DELETE FROM sonar_outbox WHERE id IN (SELECT id FROM sonar_outbox"
-                           " WHERE sent_ms IS NOT NULL AND sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
+                           "DELETE FROM sonar_outbox_sent WHERE id IN (SELECT id FROM"
+                           " sonar_outbox_sent WHERE sent_ms < ?1 ORDER BY sent_ms LIMIT ?2)",
                            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, wall - ob->cfg.retention_ms);
         sqlite3_bind_int(st, 2, PRUNE_BATCH);
@@ -867,7 +985,7 @@ static void prune(sonar_outbox *ob)
         return;
     }
     int64_t oldest = INT64_MAX;
-    sonar__db_int(ob->db, "SELECT min(sent_ms) FROM sonar_outbox WHERE sent_ms IS NOT NULL",
+    sonar__db_int(ob->db, "SELECT min(sent_ms) FROM sonar_outbox_sent",
                   NULL, INT64_MAX, &oldest);
     count_query(ob);
     ob->prune_due_ms = oldest == INT64_MAX ? INT64_MAX : oldest + ob->cfg.retention_ms;
@@ -878,7 +996,7 @@ static void warn_beyond_window(sonar_outbox *ob)
     int64_t n = 0;
     char sql[160];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL AND attempts > 0"
+             "SELECT count(*) FROM sonar_outbox WHERE attempts > 0"
              " AND created_ms < %" PRId64,
              sonar_wall_ms() - ob->cfg.duplicate_window_ms);
     if (sonar__db_int(ob->db, sql, NULL, 0, &n) == SONAR_OK && n > 0)
@@ -889,6 +1007,138 @@ static void warn_beyond_window(sonar_outbox *ob)
                   ob->name, n, ob->cfg.duplicate_window_ms);
 }
 
+/* Index of the first slot still waiting for its answer, i.e. the number
+ * of window slots that can be settled now. */
+static size_t resolved_prefix(sonar_outbox *ob)
+{
+    pthread_mutex_lock(&ob->mu);
+    size_t k = 0;
+    while (k < ob->n_slots && ob->slots[ob->head + k].state != SLOT_SENT)
+        k++;
+    if (ob->batch_failures > 0)
+        ob->draining = true;
+    pthread_mutex_unlock(&ob->mu);
+    return k;
+}
+
+/* After the window drained: restart the pass from the oldest pending row,
+ * backing off first if the connection failed during the pass. */
+static void end_pass(sonar_outbox *ob)
+{
+    bool retry = ob->saw_retry_all;
+    pthread_mutex_lock(&ob->mu);
+    ob->draining = false;
+    ob->batch_failures = 0;
+    pthread_mutex_unlock(&ob->mu);
+    ob->saw_retry_all = false;
+    ob->cursor = 0;
+    ob->backoff_ms = retry ? grow(ob->backoff_ms, ob->cfg.retry_min_ms, ob->cfg.retry_max_ms) : 0;
+    pthread_mutex_lock(&ob->mu);
+    ob->st.backoff_ms = ob->backoff_ms;
+    pthread_mutex_unlock(&ob->mu);
+    if (retry)
+        relay_wait(ob, jitter(ob, ob->backoff_ms));
+}
+
+static void idle_wait(sonar_outbox *ob, int64_t now, int64_t next_unblock)
+{
+    if (next_unblock == INT64_MAX) {
+        pthread_mutex_lock(&ob->mu);
+        ob->st.pending = 0;
+        ob->st.oldest_pending_age_ms = 0;
+        pthread_mutex_unlock(&ob->mu);
+    } else if (now - ob->pending_refresh_ms >= 1000) {
+        refresh_pending(ob);
+    }
+    int64_t wait = ob->idle_ms;
+    if (next_unblock != INT64_MAX && next_unblock - now < wait)
+        wait = next_unblock - now < 1 ? 1 : next_unblock - now;
+    ob->idle_ms = grow(ob->idle_ms, ob->cfg.idle_min_ms, ob->cfg.idle_max_ms);
+    relay_wait(ob, wait);
+}
+
+/* Loads more rows into the window and publishes them. Returns false when
+ * there was nothing to do and the relay waited idle. */
+static bool fill_window(sonar_outbox *ob, bool *more_waiting, long *loaded_out)
+{
+    size_t w = (size_t)ob->cfg.max_in_flight;
+    int64_t now = sonar_now_ms(), next_unblock;
+    char *blocked = blocked_subjects(ob, now, &next_unblock);
+    if (blocked == NULL)
+        return true;
+    if (ob->n_slots > 0 && ob->last_blocked && strcmp(blocked, ob->last_blocked) != 0) {
+        /* A subject's back-off ended or began: finish this pass first, so
+         * its rows are read again in id order. */
+        pthread_mutex_lock(&ob->mu);
+        ob->draining = true;
+        pthread_mutex_unlock(&ob->mu);
+        free(blocked);
+        return true;
+    }
+    if (ob->n_slots == 0) {
+        ob->cursor = 0;
+        free(ob->last_blocked);
+        ob->last_blocked = strdup(blocked);
+    }
+    pthread_mutex_lock(&ob->mu);
+    ob->notified = false;
+    pthread_mutex_unlock(&ob->mu);
+    size_t want = w - ob->n_slots;
+    long loaded = load_more(ob, blocked, want);
+    free(blocked);
+    *loaded_out = loaded > 0 ? loaded : 0;
+    if (loaded < 0) {
+        sonar_log(SONAR_LOG_WARN, "outbox %s: %s", ob->name, sonar_last_error());
+        if (ob->n_slots == 0)
+            relay_wait(ob, 1000);
+        return true;
+    }
+    *more_waiting = (size_t)loaded == want;
+    if (loaded == 0) {
+        if (ob->n_slots == 0) {
+            idle_wait(ob, now, next_unblock);
+            return false;
+        }
+        return true;
+    }
+    ob->idle_ms = ob->cfg.idle_min_ms;
+    size_t from = ob->head + ob->n_slots - (size_t)loaded;
+    publish_from(ob, from);
+    /* A row left unsent (connection lost, or an earlier row of its subject
+     * failed) must not be overtaken: restart the pass once drained. */
+    pthread_mutex_lock(&ob->mu);
+    for (size_t i = from; i < ob->head + ob->n_slots; i++)
+        if (ob->slots[i].state == SLOT_IDLE)
+            ob->draining = true;
+    pthread_mutex_unlock(&ob->mu);
+    return true;
+}
+
+/* At stop: wait (at most the ack timeout) for the answers of publishes in
+ * flight and record them, so confirmed rows are not published again. */
+static void final_flush(sonar_outbox *ob)
+{
+    if (ob->n_slots == 0)
+        return;
+    int64_t deadline = sonar_now_ms() + ob->cfg.ack_timeout_ms;
+    pthread_mutex_lock(&ob->mu);
+    while (ob->inflight > 0 && sonar_now_ms() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 20 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&ob->cond, &ob->mu, &ts);
+    }
+    pthread_mutex_unlock(&ob->mu);
+    reclaim(ob);
+    if (settle_prefix(ob, ob->n_slots) != SONAR_OK)
+        sonar_log(SONAR_LOG_WARN, "outbox %s: %s (rows stay pending)", ob->name,
+                  sonar_last_error());
+}
+
 static void *relay_main(void *arg)
 {
     sonar_outbox *ob = arg;
@@ -897,7 +1147,8 @@ static void *relay_main(void *arg)
     ob->idle_ms = ob->cfg.idle_min_ms;
     while (!stopping(ob)) {
         prune(ob);
-        if (!conn_up(ob)) {
+        bool up = conn_up(ob);
+        if (!up && ob->n_slots == 0) {
             ob->backoff_ms = grow(ob->backoff_ms, ob->cfg.retry_min_ms, ob->cfg.retry_max_ms);
             pthread_mutex_lock(&ob->mu);
             ob->st.backoff_ms = ob->backoff_ms;
@@ -905,51 +1156,52 @@ static void *relay_main(void *arg)
             /* Re-check the (cheap, in-memory) status at least every second. */
             int64_t w = jitter(ob, ob->backoff_ms);
             relay_wait(ob, w > 1000 ? 1000 : w);
+            ob->cursor = 0;
             continue;
         }
-        int64_t now = sonar_now_ms(), next_unblock;
-        char *blocked = blocked_subjects(ob, now, &next_unblock);
-        sonar_status s = load_batch(ob, blocked);
-        free(blocked);
-        if (s != SONAR_OK) {
-            sonar_log(SONAR_LOG_WARN, "outbox %s: %s", ob->name, sonar_last_error());
-            batch_clear(ob);
-            relay_wait(ob, 1000);
-            continue;
+        if (!up) {
+            /* Connection lost with publishes in flight: reclaim and retry. */
+            pthread_mutex_lock(&ob->mu);
+            ob->draining = true;
+            pthread_mutex_unlock(&ob->mu);
         }
-        if (ob->n_slots == 0) {
-            if (next_unblock == INT64_MAX) {
-                pthread_mutex_lock(&ob->mu);
-                ob->st.pending = 0;
-                ob->st.oldest_pending_age_ms = 0;
-                pthread_mutex_unlock(&ob->mu);
-            } else if (now - ob->pending_refresh_ms >= 1000) {
-                refresh_pending(ob);
+        bool more_waiting = false;
+        long loaded = 0;
+        if (up && !ob->draining && ob->n_slots < (size_t)ob->cfg.max_in_flight) {
+            if (!fill_window(ob, &more_waiting, &loaded))
+                continue; /* idle */
+        }
+        if (ob->n_slots == 0)
+            continue;
+        if (ob->n_slots >= (size_t)ob->cfg.max_in_flight)
+            more_waiting = true; /* full window: settle a quarter, then refill */
+        await_some(ob, more_waiting);
+        size_t k = resolved_prefix(ob);
+        size_t quarter = (size_t)ob->cfg.max_in_flight / 4;
+        int64_t now = sonar_now_ms();
+        bool due = ob->draining || k >= quarter || ob->n_slots >= (size_t)ob->cfg.max_in_flight ||
+                   now - ob->last_settle_ms >= SETTLE_EVERY_MS;
+        if (k > 0 && due) {
+            sonar_status s = settle_prefix(ob, k);
+            ob->last_settle_ms = now;
+            if (s != SONAR_OK) {
+                sonar_log(SONAR_LOG_WARN, "outbox %s: %s (rows stay pending)", ob->name,
+                          sonar_last_error());
+                relay_wait(ob, 100);
             }
-            int64_t wait = ob->idle_ms;
-            if (next_unblock != INT64_MAX && next_unblock - now < wait)
-                wait = next_unblock - now < 1 ? 1 : next_unblock - now;
-            ob->idle_ms = grow(ob->idle_ms, ob->cfg.idle_min_ms, ob->cfg.idle_max_ms);
-            relay_wait(ob, wait);
-            continue;
+        } else if (k > 0 && loaded == 0) {
+            pthread_mutex_lock(&ob->mu);
+            bool quiet = ob->inflight == 0;
+            pthread_mutex_unlock(&ob->mu);
+            if (quiet) /* nothing to publish or await: record the answers soon */
+                relay_wait(ob, SETTLE_EVERY_MS - (now - ob->last_settle_ms));
         }
-        ob->idle_ms = ob->cfg.idle_min_ms;
-        publish_batch(ob);
-        await_batch(ob);
-        s = settle_batch(ob);
-        if (s != SONAR_OK)
-            sonar_log(SONAR_LOG_WARN, "outbox %s: %s (rows stay pending)", ob->name,
-                      sonar_last_error());
-        pthread_mutex_lock(&ob->mu);
-        batch_clear(ob);
-        pthread_mutex_unlock(&ob->mu);
+        if (ob->n_slots == 0 && ob->draining)
+            end_pass(ob);
         if (sonar_now_ms() - ob->pending_refresh_ms >= 1000)
             refresh_pending(ob);
-        if (ob->backoff_ms > 0)
-            relay_wait(ob, jitter(ob, ob->backoff_ms));
-        else if (s != SONAR_OK)
-            relay_wait(ob, 100);
     }
+    final_flush(ob);
     return NULL;
 }
 
@@ -964,8 +1216,10 @@ static void outbox_free(sonar_outbox *ob)
     sqlite3_close(ob->db);
     if (ob->js)
         jsCtx_Destroy(ob->js);
-    batch_clear(ob);
+    if (ob->slots)
+        window_drop(ob, ob->n_slots);
     free(ob->slots);
+    free(ob->last_blocked);
     for (size_t i = 0; i < ob->n_subs; i++)
         free(ob->subs[i].subject);
     free(ob->subs);
@@ -1033,7 +1287,8 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
     ob->cfg.name = NULL;
     ob->prune_due_ms = 0;
     ob->rng = (unsigned)sonar_now_ns();
-    ob->slots = calloc((size_t)c.max_in_flight, sizeof *ob->slots);
+    ob->cap = 2 * (size_t)c.max_in_flight;
+    ob->slots = calloc(ob->cap, sizeof *ob->slots);
     if (ob->db_path == NULL || ob->name == NULL || ob->slots == NULL) {
         outbox_free(ob);
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
@@ -1052,14 +1307,16 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
                               "SELECT id, subject, payload, headers, created_ms FROM sonar_outbox"
-                              " WHERE sent_ms IS NULL AND subject NOT IN"
+                              " WHERE id > ?3 AND subject NOT IN"
                               " (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
                               &ob->st_select);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db, "DELETE FROM sonar_outbox WHERE id=?1", &ob->st_delete);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
-                              "UPDATE sonar_outbox SET sent_ms=?1, stream_seq=?2 WHERE id=?3",
+                              "INSERT OR REPLACE INTO sonar_outbox_sent(id, subject, payload,"
+                              " headers, created_ms, sent_ms, stream_seq) SELECT id, subject,"
+                              " payload, headers, created_ms, ?1, ?2 FROM sonar_outbox WHERE id=?3",
                               &ob->st_mark);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
@@ -1154,7 +1411,8 @@ static sonar_status open_outbox_db(sqlite3 **out, const char *path, bool read_on
     if (s != SONAR_OK)
         return s;
     if (!sonar__db_has_table(db, "sonar_outbox_meta") || !sonar__db_has_table(db, "sonar_outbox") ||
-        !sonar__db_has_table(db, "sonar_outbox_dead")) {
+        !sonar__db_has_table(db, "sonar_outbox_dead") ||
+        !sonar__db_has_table(db, "sonar_outbox_sent")) {
         /* A non-SQLite file fails here too ("file is not a database"). */
         s = sonar__fail(SONAR_ERR_INVALID, "%s: not an outbox database", path);
         sqlite3_close(db);
@@ -1178,13 +1436,13 @@ sonar_status sonar_outbox_db_status_read(sonar_outbox_db_status *out, const char
     if (s == SONAR_OK && (s = meta_get(db, "schema_version", buf, sizeof buf, &found)) == SONAR_OK)
         r.schema_version = found ? atoi(buf) : 0;
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL", NULL, 0,
+        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox", NULL, 0,
                           &r.pending);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT min(created_ms) FROM sonar_outbox WHERE sent_ms IS NULL",
+        s = sonar__db_int(db, "SELECT created_ms FROM sonar_outbox ORDER BY id LIMIT 1",
                           NULL, 0, &oldest);
     if (s == SONAR_OK)
-        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NOT NULL",
+        s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_sent",
                           NULL, 0, &r.sent_retained);
     if (s == SONAR_OK)
         s = sonar__db_int(db, "SELECT count(*) FROM sonar_outbox_dead", NULL, 0, &r.dead);

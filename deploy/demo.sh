@@ -17,7 +17,7 @@ KEEP=0
 for a in "$@"; do
     case $a in
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "demo: unknown option $a (try --keep)" >&2; exit 2 ;;
     esac
 done
@@ -68,15 +68,17 @@ step "starting nats-server (JetStream) on $NATS_URL"
 start nats-server nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/js"
 wait_for "nats-server" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT"
 
-step "starting sonard, chillybin v1, jafflr, hello, ledger and menu (through sonar agent)"
+step "starting sonard, chillybin v1, jafflr, hello, ledger, menu (through sonar agent), wells and aquifers"
 start sonard "$BIN/services/coordinator/sonard" --db "$WORK/sonard.db"
 start chillybin "$BIN/services/examples/chillybin/chillybin" --db "$WORK/chillybin.db" --port "$CHILLY_PORT"
 start jafflr "$BIN/services/examples/jafflr/jafflr" --port "$JAFFLR_PORT" --chillybin "http://127.0.0.1:$CHILLY_PORT"
 start hello "$BIN/services/examples/hello/hello" --depends-on chillybin --heartbeat 2s
 start ledger "$BIN/services/examples/hello/hello" --name ledger --depends-on aquifers --heartbeat 2s
 start menu "$SONAR" agent --checks "$ROOT/services/examples/menu/checks.json" --heartbeat 2s
-wait_for "five services in the registry" 15 bash -c \
-    "'$SONAR' services --json | python3 -c 'import json,sys; s=json.load(sys.stdin)[\"services\"]; sys.exit(0 if sum(1 for x in s if x[\"live\"])>=5 else 1)'"
+start wells "$BIN/services/examples/wells/wells" --db "$WORK/wells.db"
+start aquifers "$BIN/services/examples/aquifers/aquifers" --db "$WORK/aquifers.db"
+wait_for "seven services in the registry" 15 bash -c \
+    "'$SONAR' services --json | python3 -c 'import json,sys; s=json.load(sys.stdin)[\"services\"]; sys.exit(0 if sum(1 for x in s if x[\"live\"])>=7 else 1)'"
 "$SONAR" services
 
 step "starting sonar-gateway: REST API and live dashboard at $GW_URL/"
@@ -86,6 +88,33 @@ say "GET /api/v1/graph → $(curl -s "$GW_URL/api/v1/graph")"
 
 step "a customer orders a cheese toastie from jafflr (which picks from chillybin)"
 say "GET /toastie?i=cheese → $(curl -s "http://127.0.0.1:$JAFFLR_PORT/toastie?i=cheese")"
+
+step "wells and aquifers: an aquifer, then five wells (events through outbox → JetStream → inbox)"
+say "\$ sonar request aquifers.create '{\"name\":\"gab\",\"region\":\"Great Artesian Basin\"}'"
+"$SONAR" request aquifers.create '{"name":"gab","region":"Great Artesian Basin"}' --compact
+# wells learns of gab from events.aquifers.created; until then it refuses wells there (404).
+wait_for "wells to learn of aquifer gab" 10 "$SONAR" request wells.create --timeout 2s \
+    '{"aquifer":"gab","owner":"first","depth":80}'
+say "well 1 created once wells knew of gab"
+for i in 2 3 4 5; do
+    "$SONAR" request wells.create "{\"aquifer\":\"gab\",\"owner\":\"farm-$i\",\"depth\":$((60 + 20 * i))}" --compact
+done
+say "a well for an aquifer nobody created is refused:"
+"$SONAR" request wells.create '{"aquifer":"atlantis","owner":"x","depth":10}' 2>&1 | sed 's/^/   /'
+wait_for "aquifers to count five wells in gab" 15 bash -c \
+    "'$SONAR' request aquifers.get '{\"name\":\"gab\"}' --compact | grep -q '\"wells\":5,'"
+say "aquifers learned of all five:"
+"$SONAR" request aquifers.get '{"name":"gab"}' --compact | sed 's/^/   /'
+WELLS_OK=$?
+
+step "candidate wells 1.1.0 on subject prefix wells-candidate: aquifers' checks run against it"
+start cand-wells "$BIN/services/examples/wells/wells" --db "$WORK/cand-wells.db" \
+    --subject-prefix wells-candidate --name wells-candidate --version 1.1.0
+wait_for "the wells candidate to learn of gab" 10 bash -c \
+    "'$SONAR' request '\$SRV.STATS.wells-candidate' --compact | grep -q '\"applied\":[1-9]'"
+"$ROOT/deploy/gate" wells nats:wells-candidate 1.1.0 --timeout 10s
+WELLS_RC=$?
+say "gate exit code: $WELLS_RC"
 
 step "the dependency graph (Graphviz DOT)"
 "$SONAR" graph
@@ -110,9 +139,11 @@ step "history of chillybin's changes"
 "$SONAR" history chillybin
 
 step "summary"
+say "five wells reached aquifers: $([ $WELLS_OK = 0 ] && echo yes || echo NO)"
+say "wells 1.1.0 candidate: exit $WELLS_RC ($([ $WELLS_RC = 0 ] && echo promoted || echo aborted))"
 say "compatible v2 candidate: exit $V2_RC ($([ $V2_RC = 0 ] && echo promoted || echo aborted))"
 say "breaking nome candidate: exit $NOME_RC ($([ $NOME_RC = 0 ] && echo promoted || echo aborted))"
 say "watch live in another terminal:  NATS_URL=$NATS_URL $SONAR watch"
 say "dashboard and API (run with --keep to keep it up):  $GW_URL/"
 say "recent reports over HTTP: $(curl -s "$GW_URL/api/v1/reports?limit=5" | python3 -c 'import json,sys; print(", ".join(r["change_id"][:8]+" "+r["verdict"] for r in json.load(sys.stdin)["reports"]))')"
-[ $V2_RC = 0 ] && [ $NOME_RC = 1 ]
+[ $V2_RC = 0 ] && [ $NOME_RC = 1 ] && [ $WELLS_OK = 0 ] && [ $WELLS_RC = 0 ]

@@ -19,6 +19,7 @@ int sonar_cmd_announce(int argc, char **argv);
 int sonar_cmd_graph(int argc, char **argv);
 int sonar_cmd_history(int argc, char **argv);
 int sonar_cmd_report(int argc, char **argv);
+int sonar_cmd_request(int argc, char **argv);
 int sonar_cmd_services(int argc, char **argv);
 int sonar_cmd_outbox(int argc, char **argv);
 int sonar_cmd_version(int argc, char **argv);

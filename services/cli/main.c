@@ -14,6 +14,7 @@ static const sonar_cli_command commands[] = {
     {"history", sonar_cmd_history, "list the last reports of a service"},
     {"outbox", sonar_cmd_outbox, "inspect and repair a service's event outbox"},
     {"report", sonar_cmd_report, "show the report of a change"},
+    {"request", sonar_cmd_request, "send one request (JSON) on a subject and print the reply"},
     {"services", sonar_cmd_services, "list known services, instances and versions"},
     {"test", sonar_cmd_test, "run a check table's cases locally, without a bus (CI)"},
     {"version", sonar_cmd_version, "print the version"},

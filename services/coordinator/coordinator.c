@@ -7,6 +7,7 @@
 #include "gather.h"
 #include "internal.h"
 #include "registry.h"
+#include "sdmetrics.h"
 #include "sonar/reply.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
@@ -29,6 +30,7 @@ struct sonar_coordinator {
     sonar_gatherer *gatherer;
     sonar_service *svc;
     sonar_outbox *outbox; /* NULL when the server has no JetStream */
+    sonard_metrics *metrics;
     natsSubscription *sub_register, *sub_leave, *sub_report;
 };
 
@@ -389,6 +391,8 @@ static sonar_status on_change(sonar_request *req, void *closure)
     size_t plen = strlen(SONAR_SUBJ_CHANGE_PREFIX);
     const char *name = strncmp(subject, SONAR_SUBJ_CHANGE_PREFIX, plen) == 0 ? subject + plen
                                                                               : "";
+    sonard_metrics_change(c->metrics);
+    int64_t started_ms = sonar_now_ms();
     if (!sonar_name_valid(name))
         return sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
     sonar_log(SONAR_LOG_DEBUG, "announcement on %s: %.*s", subject, (int)sonar_request_len(req),
@@ -446,6 +450,7 @@ static sonar_status on_change(sonar_request *req, void *closure)
         /* Reply first (latency), then publish and store. The gather stays in
          * the table until stored, so a retry meanwhile joins it. */
         sonar_request_respond(req, report, strlen(report));
+        sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - started_ms);
         if (store_and_publish(c, &ch, verdict, report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
@@ -552,6 +557,10 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = sonar_service_set_endpoint_stats(c->svc, "change", outbox_stats, c);
     }
     if (s == SONAR_OK)
+        s = sonard_metrics_create(&c->metrics, c->reg, c->outbox);
+    if (s == SONAR_OK && cfg->metrics_listen != NULL)
+        s = sonard_metrics_listen(c->metrics, cfg->metrics_listen);
+    if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
     if (s == SONAR_OK)
         s = subscribe(c, &c->sub_register, SONAR_SUBJ_REGISTER_PREFIX "*", on_register);
@@ -596,6 +605,7 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     drain(c->nc, c->sub_leave);
     drain(c->nc, c->sub_report);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
+    sonard_metrics_destroy(c->metrics);
     sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
     sonar_gatherer_destroy(c->gatherer);
     sonar_store_close(c->store);

@@ -36,6 +36,7 @@ typedef struct sonar_coordinator_config {
     int64_t default_timeout_ms;  /**< for announcements without timeout_ms */
     int workers;                 /**< endpoint worker threads (each gather holds one while it runs) */
     const char *version;         /**< sonard's version, for $SRV */
+    const char *metrics_listen;  /**< "ADDR:PORT" for the /metrics HTTP server, or NULL */
 } sonar_coordinator_config;
 
 typedef struct sonar_coordinator sonar_coordinator;

@@ -28,6 +28,8 @@ static void usage(FILE *to)
         "  --db PATH               SQLite database (default ./sonard.db)\n"
         "  --retention DURATION    keep reports this long (default 30d; e.g. 12h, 7d)\n"
         "  --default-timeout DUR   deadline of announcements without timeout_ms (default 10s)\n"
+        "  --metrics-listen A:P    serve Prometheus /metrics (and /health) over HTTP on\n"
+        "                          IPv4 address A, port P (e.g. 127.0.0.1:9105)\n"
         "  --workers N             endpoint worker threads; each running gather holds one\n"
         "                          (default 64)\n"
         "  --help                  this text\n"
@@ -63,6 +65,7 @@ int main(int argc, char **argv)
         {"retention", required_argument, NULL, 'r'},
         {"default-timeout", required_argument, NULL, 't'},
         {"workers", required_argument, NULL, 'w'},
+        {"metrics-listen", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -114,6 +117,9 @@ int main(int argc, char **argv)
             cfg.workers = (int)n;
             break;
         }
+        case 'm':
+            cfg.metrics_listen = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;

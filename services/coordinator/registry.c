@@ -503,6 +503,16 @@ bool sonar_registry_live(sonar_registry *reg, const char *name, int64_t now_ms)
     return live;
 }
 
+size_t sonar_registry_live_count(sonar_registry *reg, int64_t now_ms)
+{
+    pthread_mutex_lock(&reg->mu);
+    size_t n = 0;
+    for (size_t i = 0; i < reg->n; i++)
+        n += reg->sum[i].live_until >= now_ms;
+    pthread_mutex_unlock(&reg->mu);
+    return n;
+}
+
 size_t sonar_registry_count(sonar_registry *reg)
 {
     pthread_mutex_lock(&reg->mu);

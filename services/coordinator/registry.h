@@ -115,6 +115,9 @@ bool sonar_registry_live(sonar_registry *reg, const char *service, int64_t now_m
 /** \brief Number of known services. */
 size_t sonar_registry_count(sonar_registry *reg);
 
+/** \brief Number of services with a live instance at \p now_ms. */
+size_t sonar_registry_live_count(sonar_registry *reg, int64_t now_ms);
+
 /**
  * \brief The `sonar.services.v1` document of the read API (see
  *        docs/coordinator.md). Expired instances are left out.

@@ -114,7 +114,7 @@ int main(int argc, char **argv)
     sonar_outbox_stats s;
     for (;;) {
         sonar_outbox_stats_get(ob, &s);
-        int64_t left = tu_db_int(path, "SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL", -1);
+        int64_t left = tu_db_int(path, "SELECT count(*) FROM sonar_outbox", -1);
         if (left == 0)
             break;
         if (sonar_now_ms() > deadline) {

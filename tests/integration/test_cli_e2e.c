@@ -305,6 +305,7 @@ Test(cli_e2e, watch_since_replays_reports_from_the_stream, .init = setup, .fini 
 
     const char *argv[] = {test_bin("SONAR_CLI_BIN"), "watch", "chillybin", "--since", "1h",
                           "--server", natsd.url, NULL};
+    test_proc_finish(&proc); /* the announce's output, before proc is reused */
     cr_assert(test_proc_start(&proc, dir, argv, NULL));
     cr_assert(test_proc_wait_output(&proc, "old-change", 10000), "%s\n%s", proc.out, proc.err);
     cr_assert(strstr(proc.out, "report   change old-change of chillybin 2.0.0: pass") != NULL,

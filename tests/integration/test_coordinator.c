@@ -85,13 +85,35 @@ static bool sonard_answers(void)
     return ok;
 }
 
+/* How many sonard instances answer $SRV.PING.sonard within 300 ms. */
+static int sonard_instances(void)
+{
+    char inbox[64];
+    snprintf(inbox, sizeof inbox, "_INBOX.pings.%lld", (long long)test_now_ms());
+    natsSubscription *sub = NULL;
+    int n = 0;
+    if (natsConnection_SubscribeSync(&sub, nc, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(nc, "$SRV.PING.sonard", inbox, "") == NATS_OK) {
+        natsMsg *m = NULL;
+        while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
+            natsMsg_Destroy(m);
+            n++;
+        }
+    }
+    natsSubscription_Destroy(sub);
+    return n;
+}
+
 static pid_t start_sonard(const char *db_name)
 {
     char db[400];
     snprintf(db, sizeof db, "%s/%s", dir, db_name);
     const char *argv[] = {test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
                           "--default-timeout", "5s", NULL};
+    int before = sonard_instances();
     pid_t pid = spawn(argv);
+    /* Another sonard may answer the read API already: wait for this one itself. */
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() > before, 10000), "sonard does not answer");
     cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000), "sonard does not answer");
     return pid;
 }

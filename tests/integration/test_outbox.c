@@ -171,6 +171,25 @@ Test(outbox, nats_server_down_for_seconds_mid_burst_loses_and_doubles_nothing)
     assert_stream_exact(total);
 }
 
+Test(outbox, nats_server_sigkilled_with_a_full_window_in_flight_loses_and_doubles_nothing)
+{
+    ensure_stream("EV", "ev.>");
+    const long total = 20000;
+    pid_t pid = spawn_producer(total, 0); /* flat out: the relay's window is full */
+    int status = 0;
+    cr_assert(TEST_WAIT_UNTIL(committed() >= 5000 || exited(pid, &status), 30000));
+    kill(natsd.pid, SIGKILL);
+    int64_t down_at = test_now_ms();
+    TEST_WAIT_UNTIL(test_now_ms() - down_at >= 1500, 3000);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(exited(pid, &status), 120000), "producer did not finish");
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "producer failed (%d)", status);
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    long pub = 0, dups = 0, retries = 0;
+    producer_report(&pub, &dups, &retries);
+    assert_stream_exact(total);
+}
+
 static sqlite3 *migrated_db(void)
 {
     sqlite3 *db = tu_db_open(db_path);
@@ -232,11 +251,11 @@ Test(outbox, poison_rows_go_to_dead_letter_without_stalling_other_subjects_and_c
     enqueue(db, "ev.b", "b1", 2, NULL);
     free(big);
     sonar_outbox *ob = NULL;
-    sonar_outbox_config cfg = {.no_stream_grace_ms = 3000, .retry_min_ms = 50,
+    sonar_outbox_config cfg = {.no_stream_grace_ms = 6000, .retry_min_ms = 50,
                                .retry_max_ms = 200};
     cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
     /* Good rows flow while the no-stream row is still in its grace period. */
-    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 2500), "other subjects stalled");
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 5000), "other subjects stalled");
     cr_assert_leq(stats_of(ob).dead, 1, "the no-stream row died before its grace period");
     cr_assert(TEST_WAIT_UNTIL(stats_of(ob).dead == 2, 15000));
     cr_assert_gt(stats_of(ob).retries, 0);
@@ -299,7 +318,7 @@ Test(outbox, retention_keeps_sent_rows_then_prunes_them)
     sonar_outbox_db_status ds;
     cr_assert_eq(sonar_outbox_db_status_read(&ds, db_path), SONAR_OK);
     cr_assert_eq(ds.sent_retained, 20, "sent rows were not kept");
-    cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox", -1) == 0,
+    cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox_sent", -1) == 0,
                               10000),
               "retained rows were not pruned");
     sonar_outbox_destroy(ob);
@@ -327,5 +346,68 @@ Test(outbox, idle_relay_makes_at_most_a_few_queries_per_second)
     sonar_outbox_notify(ob);
     cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 1, 10000));
     sonar_outbox_destroy(ob);
+    sqlite3_close(db);
+}
+
+/* ---- stats in $SRV.STATS ------------------------------------------------ */
+
+static json_t *outbox_stats_supplier(void *closure)
+{
+    return sonar_outbox_stats_json(closure);
+}
+
+static sonar_status events_endpoint(sonar_request *req, void *closure)
+{
+    (void)closure;
+    return sonar_request_respond(req, "{}", 2);
+}
+
+Test(outbox, figures_appear_as_endpoint_data_in_srv_stats)
+{
+    ensure_stream("EV", "ev.>");
+    sqlite3 *db = migrated_db();
+    sonar_bus *bus = NULL;
+    sonar_bus_config bc = {.urls = natsd.url, .name = "orders"};
+    cr_assert_eq(sonar_bus_connect(&bus, &bc), SONAR_OK, "%s", sonar_last_error());
+    sonar_outbox *ob = NULL;
+    cr_assert_eq(sonar_outbox_create(&ob, sonar_bus_nats(bus), db_path, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    sonar_service_config sc = {.name = "orders", .version = "1.0.0", .instance = "o1"};
+    sonar_service *svc = NULL;
+    cr_assert_eq(sonar_service_create(&svc, bus, &sc), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_service_add_endpoint(svc, "events", "orders.events", NULL,
+                                            events_endpoint, NULL), SONAR_OK);
+    cr_assert_eq(sonar_service_set_endpoint_stats(svc, "events", outbox_stats_supplier, ob),
+                 SONAR_OK);
+    cr_assert_eq(sonar_service_start(svc), SONAR_OK, "%s", sonar_last_error());
+    for (int i = 0; i < 3; i++)
+        enqueue(db, "ev.orders", "o", 1, NULL);
+    sonar_outbox_notify(ob);
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 10000));
+
+    natsMsg *reply = NULL;
+    cr_assert_eq(natsConnection_RequestString(&reply, nc, "$SRV.STATS.orders.o1", "", 5000),
+                 NATS_OK);
+    json_t *stats = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0,
+                               NULL);
+    cr_assert_not_null(stats);
+    json_t *eps = json_object_get(stats, "endpoints"), *ep;
+    size_t i;
+    json_t *data = NULL;
+    json_array_foreach(eps, i, ep) {
+        if (strcmp(json_string_value(json_object_get(ep, "name")), "events") == 0)
+            data = json_object_get(ep, "data");
+    }
+    cr_assert_not_null(data, "no data on the events endpoint: %.*s",
+                       natsMsg_GetDataLength(reply), natsMsg_GetData(reply));
+    cr_assert_eq(json_integer_value(json_object_get(data, "published")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(data, "pending")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(data, "dead")), 0);
+    cr_assert(json_is_true(json_object_get(data, "connected")));
+    json_decref(stats);
+    natsMsg_Destroy(reply);
+    sonar_service_destroy(svc);
+    sonar_outbox_destroy(ob);
+    sonar_bus_destroy(bus);
     sqlite3_close(db);
 }

@@ -495,3 +495,23 @@ Test(service, no_check_endpoint_never_answers_checks)
     sonar_service_destroy(other);
     sonar_service_destroy(svc);
 }
+
+Test(service, every_endpoint_request_is_answered_promptly_one_after_another)
+{
+    /* One worker and the heartbeat thread share a condition variable: each
+     * queued request must wake a worker, never only the heartbeat. */
+    sonar_service_config cfg = {.name = "seq", .version = "1.0.0", .endpoint_workers = 1};
+    sonar_service *svc = NULL;
+    cr_assert_eq(sonar_service_create(&svc, bus, &cfg), SONAR_OK);
+    cr_assert_eq(sonar_service_add_endpoint(svc, "echo", "seq.echo", NULL, echo_handler, NULL),
+                 SONAR_OK);
+    start(svc);
+    for (int i = 0; i < 20; i++) {
+        natsMsg *m = NULL;
+        natsStatus s = natsConnection_RequestString(&m, test_nc, "seq.echo", "ping", 2000);
+        cr_assert_eq(s, NATS_OK, "request %d: %s", i, natsStatus_GetText(s));
+        cr_assert_eq(natsMsg_GetDataLength(m), 4);
+        natsMsg_Destroy(m);
+    }
+    sonar_service_destroy(svc);
+}

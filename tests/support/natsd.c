@@ -97,8 +97,12 @@ static bool spawn(test_natsd *d)
             dup2(fd, 2);
             close(fd);
         }
-        execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p", port, "-js",
-               "-sd", store, (char *)NULL);
+        const char *argv[32] = {"nats-server", "-a", "127.0.0.1", "-p", port, "-js", "-sd", store};
+        int n = 8;
+        for (const char *const *e = d->extra_args; e && *e && n < 31; e++)
+            argv[n++] = *e;
+        argv[n] = NULL;
+        execvp("nats-server", (char *const *)argv);
         _exit(127);
     }
     d->pid = pid;
@@ -120,7 +124,13 @@ static bool spawn(test_natsd *d)
 
 bool test_natsd_start(test_natsd *d)
 {
+    return test_natsd_start_with(d, NULL);
+}
+
+bool test_natsd_start_with(test_natsd *d, const char *const *extra)
+{
     memset(d, 0, sizeof *d);
+    d->extra_args = extra;
     if (!test_mkdtemp(d->dir, sizeof d->dir, "natsd"))
         return false;
     snprintf(d->log, sizeof d->log, "%s/nats-server.log", d->dir);

@@ -14,6 +14,7 @@
 
 typedef struct test_natsd {
     pid_t pid;
+    const char *const *extra_args; /* more nats-server arguments (borrowed), or NULL */
     int port;
     char url[64];
     char dir[256];     /* temp dir holding JetStream storage and the log */
@@ -23,6 +24,9 @@ typedef struct test_natsd {
 /* Starts nats-server on a free port, waits until it accepts clients.
  * Returns false (with a message on stderr) on failure. */
 bool test_natsd_start(test_natsd *d);
+/* Like test_natsd_start with more nats-server arguments (e.g. "--user",
+ * "u", "--pass", "p"); `extra` must stay valid while the server may restart. */
+bool test_natsd_start_with(test_natsd *d, const char *const *extra);
 /* Restarts on the same port and storage dir (after test_natsd_stop or kill). */
 bool test_natsd_restart(test_natsd *d);
 /* Stops the server (SIGTERM, then SIGKILL after 5 s) and reaps it. Keeps the dir. */

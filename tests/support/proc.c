@@ -16,6 +16,74 @@
 
 static int counter;
 
+/* Output buffers are tracked, so that what a test leaves unfinished (a
+ * test_proc on the stack of a failed or older test) is freed when the test
+ * process exits instead of being reported as a leak. */
+typedef struct buf_node {
+    struct buf_node *prev, *next;
+} buf_node;
+
+static buf_node buffers = {&buffers, &buffers};
+
+static void buf_link(buf_node *n)
+{
+    n->next = buffers.next;
+    n->prev = &buffers;
+    buffers.next->prev = n;
+    buffers.next = n;
+}
+
+static void buf_unlink(buf_node *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+}
+
+static void buf_free_all(void)
+{
+    while (buffers.next != &buffers) {
+        buf_node *n = buffers.next;
+        buf_unlink(n);
+        free(n);
+    }
+}
+
+/* A new empty string, or NULL. */
+static char *buf_new(void)
+{
+    static bool registered;
+    if (!registered && atexit(buf_free_all) == 0)
+        registered = true;
+    buf_node *n = calloc(1, sizeof *n + 1);
+    if (n == NULL)
+        return NULL;
+    buf_link(n);
+    return (char *)(n + 1);
+}
+
+/* Grows buf to hold size bytes; NULL (buf untouched) when out of memory. */
+static char *buf_grow(char *buf, size_t size)
+{
+    buf_node *n = (buf_node *)(void *)buf - 1;
+    buf_unlink(n);
+    buf_node *grown = realloc(n, sizeof *n + size);
+    if (grown == NULL) {
+        buf_link(n);
+        return NULL;
+    }
+    buf_link(grown);
+    return (char *)(grown + 1);
+}
+
+static void buf_free(char *buf)
+{
+    if (buf == NULL)
+        return;
+    buf_node *n = (buf_node *)(void *)buf - 1;
+    buf_unlink(n);
+    free(n);
+}
+
 static void init(test_proc *p)
 {
     memset(p, 0, sizeof *p);
@@ -24,8 +92,8 @@ static void init(test_proc *p)
 
 static bool alloc_buffers(test_proc *p)
 {
-    p->out = calloc(1, 1);
-    p->err = calloc(1, 1);
+    p->out = buf_new();
+    p->err = buf_new();
     return p->out != NULL && p->err != NULL;
 }
 
@@ -118,7 +186,7 @@ static size_t drain(test_proc *p, int *fd, char **buf, size_t *len)
         char chunk[4096];
         ssize_t n = read(*fd, chunk, sizeof chunk);
         if (n > 0) {
-            char *grown = realloc(*buf, *len + (size_t)n + 1);
+            char *grown = buf_grow(*buf, *len + (size_t)n + 1);
             if (grown == NULL)
                 return total;
             memcpy(grown + *len, chunk, (size_t)n);
@@ -261,8 +329,8 @@ void test_proc_finish(test_proc *p)
     if (opened && p->err_fd >= 0)
         close(p->err_fd);
     p->out_fd = p->err_fd = -1;
-    free(p->out);
-    free(p->err);
+    buf_free(p->out);
+    buf_free(p->err);
     p->out = p->err = NULL;
     p->out_len = p->err_len = 0;
 }

@@ -13,9 +13,10 @@
  *
  * p->out and p->err hold everything read so far (NUL-terminated, never
  * NULL after a successful start); test_proc_pump, test_proc_wait_output,
- * test_proc_wait and test_proc_run refresh them. Every started test_proc
- * must be released with test_proc_finish (which also kills a child still
- * running); a zeroed test_proc may be finished too.
+ * test_proc_wait and test_proc_run refresh them. test_proc_finish releases
+ * a test_proc (and kills a child still running); a zeroed test_proc may be
+ * finished too. Buffers of a test_proc never finished are freed when the
+ * test process exits; a child left running is not killed, so stop it.
  *
  * Not thread-safe: use from the test's main thread.
  */

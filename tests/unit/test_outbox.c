@@ -77,7 +77,7 @@ Test(outbox, enqueue_commits_and_rolls_back_with_the_callers_transaction)
     cr_assert_eq(sonar_outbox_enqueue(&id2, db, "orders.created", "{}", 2, hdrs), SONAR_OK,
                  "%s", sonar_last_error());
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE sent_ms IS NULL"), 1);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox"), 1);
     cr_assert_gt(id2, 0);
     cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE headers LIKE '%X-Trace%'"), 1);
     sonar_outbox_db_status st;
@@ -168,8 +168,7 @@ Test(outbox, dead_rows_are_listed_requeued_with_their_id_and_dropped)
     sonar_outbox_dead_rows_free(rows, n);
 
     cr_assert_eq(sonar_outbox_requeue(path, 7), SONAR_OK, "%s", sonar_last_error());
-    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE id=7 AND sent_ms IS NULL"
-                       " AND attempts=0"), 1);
+    cr_assert_eq(count("SELECT count(*) FROM sonar_outbox WHERE id=7 AND attempts=0"), 1);
     cr_assert_eq(sonar_outbox_requeue(path, 7), SONAR_ERR_NOT_FOUND);
     cr_assert_eq(sonar_outbox_drop(path, 9), SONAR_OK);
     cr_assert_eq(sonar_outbox_drop(path, 9), SONAR_ERR_NOT_FOUND);
@@ -189,4 +188,41 @@ Test(outbox, relay_create_refuses_bad_config)
     cr_assert_null(ob);
     cr_assert_eq(sonar_outbox_create(&ob, NULL, path, NULL), SONAR_ERR_INVALID);
     sonar_outbox_destroy(NULL);
+}
+
+Test(outbox, migrate_upgrades_a_version_1_database_keeping_pending_and_sent_rows)
+{
+    char p1[320];
+    snprintf(p1, sizeof p1, "%s/v1.db", dir);
+    sqlite3 *old = NULL;
+    cr_assert_eq(sqlite3_open(p1, &old), SQLITE_OK);
+    /* The version 1 layout as released: sent rows stayed in sonar_outbox. */
+    const char *v1 =
+        "CREATE TABLE sonar_outbox_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO sonar_outbox_meta VALUES ('schema_version','1'), ('outbox_id','AAAAAAAAAAAAAAAAAAAAAA'),"
+        " ('published','1'), ('retries','0'), ('dead','0');"
+        "CREATE TABLE sonar_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL,"
+        " payload BLOB NOT NULL, headers TEXT, created_ms INTEGER NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, sent_ms INTEGER, stream_seq INTEGER);"
+        "CREATE INDEX sonar_outbox_pending ON sonar_outbox(id) WHERE sent_ms IS NULL;"
+        "CREATE INDEX sonar_outbox_sent ON sonar_outbox(sent_ms) WHERE sent_ms IS NOT NULL;"
+        "CREATE TABLE sonar_outbox_dead (id INTEGER PRIMARY KEY, subject TEXT NOT NULL,"
+        " payload BLOB NOT NULL, headers TEXT, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,"
+        " error TEXT NOT NULL, dead_ms INTEGER NOT NULL);"
+        "INSERT INTO sonar_outbox(subject, payload, created_ms, sent_ms, stream_seq)"
+        " VALUES ('a.b', 'sent', 1, 2, 7);"
+        "INSERT INTO sonar_outbox(subject, payload, created_ms) VALUES ('a.b', 'pending', 3);";
+    cr_assert_eq(sqlite3_exec(old, v1, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(old));
+    cr_assert_eq(sonar_outbox_migrate(old), SONAR_OK, "%s", sonar_last_error());
+    int64_t id = 0;
+    cr_assert_eq(sonar_outbox_enqueue(&id, old, "a.c", "new", 3, NULL), SONAR_OK);
+    cr_assert_eq(id, 3, "ids continue after the upgrade");
+    sqlite3_close(old);
+    sonar_outbox_db_status st;
+    cr_assert_eq(sonar_outbox_db_status_read(&st, p1), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(st.schema_version, 2);
+    cr_assert_str_eq(st.outbox_id, "AAAAAAAAAAAAAAAAAAAAAA");
+    cr_assert_eq(st.pending, 2);
+    cr_assert_eq(st.sent_retained, 1);
+    cr_assert_eq(st.published_total, 1);
 }

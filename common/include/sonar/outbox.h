@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 /** Schema version written by this library into `sonar_outbox_meta`. */
-#define SONAR_OUTBOX_SCHEMA_VERSION 1
+#define SONAR_OUTBOX_SCHEMA_VERSION 2
 /** Longest subject accepted by enqueue, in bytes. */
 #define SONAR_OUTBOX_MAX_SUBJECT 256
 /** Largest payload accepted by enqueue (the server's max_payload may be lower:
@@ -52,8 +52,8 @@ extern "C" {
 /* ---- Producer side (caller's connection, no network) ------------------- */
 
 /**
- * \brief Creates or upgrades the outbox tables in \p db and switches the
- *        database to WAL. Idempotent; safe to call at every start. The first
+ * \brief Creates or upgrades (from version 1) the outbox tables in \p db
+ *        and switches the database to WAL. Idempotent; safe to call at every start. The first
  *        call stores a random outbox id used in every `Nats-Msg-Id`.
  * \param db borrowed; must not be inside a transaction.
  * \return SONAR_OK; SONAR_ERR_DB (SQLite failure, or a schema newer than
@@ -83,6 +83,16 @@ sonar_status sonar_outbox_enqueue(int64_t *out_id, sqlite3 *db, const char *subj
                                   const void *payload, size_t len,
                                   const char *const *headers);
 
+/**
+ * \brief Installs on \p db (borrowed) the busy handler the relay itself
+ *        uses: yield, then 1 ms naps, for about 5 s in total. Optional but
+ *        recommended for producers that commit often: SQLite's default
+ *        handler (sqlite3_busy_timeout) sleeps in steps of up to 100 ms
+ *        whenever the relay holds the write lock for a few microseconds.
+ *        Replaces any busy handler or timeout set before.
+ */
+void sonar_outbox_set_busy_handler(sqlite3 *db);
+
 /** \brief True when \p subject is acceptable to sonar_outbox_enqueue(). */
 bool sonar_outbox_subject_valid(const char *subject);
 
@@ -90,7 +100,7 @@ bool sonar_outbox_subject_valid(const char *subject);
 
 /** Relay settings, copied at create time. Zero means "default". */
 typedef struct sonar_outbox_config {
-    int max_in_flight;          /**< unacked publishes at once (and rows per batch); default 1024 */
+    int max_in_flight;          /**< unanswered publishes at once (the window); default 1024, max 65536 */
     int64_t ack_timeout_ms;     /**< a publish without PubAck after this is retried; default 5000 */
     int64_t idle_min_ms;        /**< first idle poll interval; default 10 */
     int64_t idle_max_ms;        /**< idle poll interval cap; default 1000 */
@@ -143,7 +153,7 @@ typedef struct sonar_outbox_stats {
     int64_t dead;               /**< rows this relay moved to the dead-letter table */
     int64_t dead_total;         /**< rows in the dead-letter table now */
     int64_t db_queries;         /**< SQLite statements the relay ran (idle-cost probe) */
-    int64_t batches;            /**< publish batches */
+    int64_t batches;            /**< transactions that recorded answers */
     int64_t order_anomalies;    /**< per-subject order breaks detected (should stay 0) */
     bool connected;             /**< the NATS connection was up at the last check */
     int64_t backoff_ms;         /**< current transient back-off, 0 when none */

@@ -15,6 +15,7 @@
 #include "sonar/checktable.h"
 #include "sonar/log.h"
 #include "sonar/outbox.h"
+#include "sonar/inbox.h"
 #include "sonar/promtext.h"
 #include "sonar/health.h"
 #include "sonar/statusstore.h"

@@ -1,0 +1,241 @@
+/* Inbox against a real nats-server: exactly-once apply across a crash
+ * between commit and ack, retries, dead-letter, pruning, prompt stop. */
+#include <criterion/criterion.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "natsd.h"
+#include "outbox_util.h"
+#include "sonar/sonar.h"
+
+static test_natsd natsd;
+static char dir[256], db_path[300];
+static natsConnection *nc;
+static jsCtx *js;
+
+static void setup(void)
+{
+    cr_assert(test_natsd_start(&natsd), "nats-server did not start");
+    cr_assert(test_mkdtemp(dir, sizeof dir, "inbox"));
+    snprintf(db_path, sizeof db_path, "%s/consumer.db", dir);
+    nc = tu_connect(natsd.url);
+    cr_assert_not_null(nc);
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    const char *subjects[] = {"ev.>", NULL};
+    sonar_stream_config sc = {.name = "EV", .subjects = subjects};
+    cr_assert_eq(sonar_stream_ensure(nc, &sc), SONAR_OK, "%s", sonar_last_error());
+    sqlite3 *db = tu_db_open(db_path);
+    sqlite3_exec(db, "PRAGMA journal_mode=WAL;"
+                     "CREATE TABLE applied(msg_id TEXT, data TEXT)", NULL, NULL, NULL);
+    sqlite3_close(db);
+}
+
+static void teardown(void)
+{
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    test_natsd_destroy(&natsd);
+    test_rmtree(dir);
+    nats_Close();
+}
+
+TestSuite(inbox, .init = setup, .fini = teardown, .timeout = 120);
+
+static void publish(const char *subject, const char *data, const char *msg_id)
+{
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    cr_assert_eq(js_Publish(NULL, js, subject, data, (int)strlen(data), &po, NULL), NATS_OK);
+}
+
+static void publish_n(int n)
+{
+    for (int i = 1; i <= n; i++) {
+        char data[32], id[32];
+        snprintf(data, sizeof data, "event-%d", i);
+        snprintf(id, sizeof id, "id-%d", i);
+        publish("ev.x", data, id);
+    }
+}
+
+static long applied(const char *where)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM applied %s", where);
+    return (long)tu_db_int(db_path, sql, -1);
+}
+
+static sonar_status apply(sqlite3 *db, const sonar_inbox_msg *m, void *closure)
+{
+    int *fail_left = closure;
+    if (m->len >= 6 && memcmp(m->data, "poison", 6) == 0)
+        return sonar_inbox_error(SONAR_ERR_INVALID, "cannot apply poison");
+    if (fail_left && m->len >= 5 && memcmp(m->data, "flaky", 5) == 0 && *fail_left > 0) {
+        (*fail_left)--;
+        return SONAR_ERR_TIMEOUT;
+    }
+    sqlite3_stmt *st = NULL;
+    sqlite3_prepare_v2(db, "INSERT INTO applied(msg_id, data) VALUES (?1, ?2)", -1, &st, NULL);
+    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->data, (int)m->len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SONAR_OK : SONAR_ERR_DB;
+}
+
+static sonar_inbox_stats stats_of(sonar_inbox *in)
+{
+    sonar_inbox_stats st;
+    sonar_inbox_stats_get(in, &st);
+    return st;
+}
+
+static sonar_inbox_config base_config(void)
+{
+    sonar_inbox_config cfg = {.name = "consumer", .stream = "EV", .filter_subject = "ev.>",
+                              .ack_wait_ms = 1000, .fetch_wait_ms = 200, .retry_min_ms = 50,
+                              .retry_max_ms = 200, .max_deliveries = 3};
+    return cfg;
+}
+
+Test(inbox, consumer_killed_between_commit_and_ack_applies_each_message_once)
+{
+    publish_n(40);
+    const char *bin = test_bin("SONAR_INBOX_CONSUMER_BIN");
+    pid_t pid = fork();
+    if (pid == 0) {
+        char log[320];
+        snprintf(log, sizeof log, "%s/consumer.log", dir);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execl(bin, bin, "--db", db_path, "--url", natsd.url, "--kill-after", "10", (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    cr_assert(TEST_WAIT_UNTIL(waitpid(pid, &status, WNOHANG) == pid, 60000));
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+              "consumer was not killed after its 10th commit (status %d)", status);
+    cr_assert_eq(applied(""), 10, "the 10th message was not committed before the kill");
+
+    sonar_inbox_config cfg = base_config();
+    sonar_inbox *in = NULL;
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    /* The unacked 10th message comes back after the ack wait and is skipped. */
+    cr_assert(TEST_WAIT_UNTIL(applied("") >= 40 && stats_of(in).duplicates >= 1, 30000),
+              "applied %ld, duplicates %lld", applied(""), (long long)stats_of(in).duplicates);
+    sonar_inbox_destroy(in);
+    cr_assert_eq(applied(""), 40);
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(DISTINCT data) FROM applied", -1), 40,
+                 "a message was applied twice");
+    cr_assert_eq(applied("WHERE msg_id='id-10'"), 1);
+}
+
+Test(inbox, failing_handler_is_retried_then_dead_lettered_without_blocking_others)
+{
+    publish("ev.a", "poison", "p1");
+    publish("ev.a", "flaky", "f1");
+    publish("ev.b", "fine", "g1");
+    int fail_left = 2;
+    sonar_inbox_config cfg = base_config();
+    sonar_inbox *in = NULL;
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, &fail_left), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(stats_of(in).dead == 1 && applied("") == 2, 20000));
+    sonar_inbox_stats st = stats_of(in);
+    cr_assert_eq(st.retries, 2 + 2, "poison retried twice before the 3rd delivery, flaky twice");
+    cr_assert_eq(fail_left, 0);
+    json_t *j = sonar_inbox_stats_json(in);
+    cr_assert_eq(json_integer_value(json_object_get(j, "dead")), 1);
+    json_decref(j);
+    sonar_inbox_destroy(in);
+    cr_assert_eq(applied("WHERE data='flaky'"), 1);
+    cr_assert_eq(tu_db_int(db_path,
+                           "SELECT count(*) FROM sonar_inbox_dead WHERE msg_id='p1'"
+                           " AND deliveries=3 AND error LIKE '%cannot apply poison%'",
+                           -1),
+                 1);
+}
+
+Test(inbox, recorded_ids_are_pruned_after_retention)
+{
+    publish_n(5);
+    sonar_inbox_config cfg = base_config();
+    cfg.retention_ms = 400;
+    sonar_inbox *in = NULL;
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(applied("") == 5, 10000));
+    cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path, "SELECT count(*) FROM sonar_inbox", -1) == 0,
+                              10000));
+    sonar_inbox_destroy(in);
+}
+
+Test(inbox, idle_inbox_stops_within_its_fetch_wait)
+{
+    /* Relies on natsSubscription_Fetch honouring its timeout with no messages. */
+    sonar_inbox_config cfg = base_config();
+    cfg.fetch_wait_ms = 300;
+    sonar_inbox *in = NULL;
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    int64_t t0 = test_now_ms();
+    TEST_WAIT_UNTIL(test_now_ms() - t0 >= 700, 2000); /* several empty fetches */
+    publish("ev.late", "late", "l1");
+    cr_assert(TEST_WAIT_UNTIL(applied("") == 1, 5000), "a message after empty fetches was missed");
+    int64_t t1 = test_now_ms();
+    sonar_inbox_destroy(in);
+    cr_assert_lt(test_now_ms() - t1, 3000, "destroy hung in Fetch");
+}
+
+Test(inbox, keeps_consuming_across_a_nats_server_restart)
+{
+    publish_n(20);
+    sonar_inbox_config cfg = base_config();
+    sonar_inbox *in = NULL;
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(applied("") == 20, 10000));
+    test_natsd_stop(&natsd);
+    int64_t down_at = test_now_ms();
+    TEST_WAIT_UNTIL(test_now_ms() - down_at >= 1000, 2000);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    for (int i = 21; i <= 40; i++) {
+        char data[32], id[32];
+        snprintf(data, sizeof data, "event-%d", i);
+        snprintf(id, sizeof id, "id-%d", i);
+        publish("ev.x", data, id);
+    }
+    cr_assert(TEST_WAIT_UNTIL(applied("") >= 40, 30000), "applied %ld after the restart",
+              applied(""));
+    sonar_inbox_destroy(in);
+    cr_assert_eq(applied(""), 40);
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(DISTINCT data) FROM applied", -1), 40);
+}
+
+Test(inbox, create_refuses_bad_config)
+{
+    sonar_inbox *in = NULL;
+    sonar_inbox_config cfg = base_config();
+    cfg.name = "bad.name";
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_ERR_INVALID);
+    cfg = base_config();
+    cfg.stream = "NOPE";
+    cr_assert_neq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_OK);
+    cr_assert(strstr(sonar_last_error(), "NOPE") != NULL, "%s", sonar_last_error());
+    cfg = base_config();
+    cfg.filter_subject = "";
+    cr_assert_eq(sonar_inbox_create(&in, nc, db_path, &cfg, apply, NULL), SONAR_ERR_INVALID);
+    cr_assert_null(in);
+}
