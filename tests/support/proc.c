@@ -303,8 +303,6 @@ int test_proc_exit_code(const test_proc *p)
         return -1;
     if (WIFEXITED(p->status))
         return WEXITSTATUS(p->status);
-    if (WIFSIGNALED(p->status))
-        return 128 + WTERMSIG(p->status);
     return -1;
 }
 

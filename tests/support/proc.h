@@ -57,8 +57,8 @@ void test_proc_signal(test_proc *p, int sig);
 /* Waits up to timeout_ms for exit, reading its output meanwhile; true if it
  * exited (then all its output is in p->out/p->err). */
 bool test_proc_wait(test_proc *p, int timeout_ms);
-/* Exit status if it exited, 128+signal if a signal killed it, -1 if it has
- * not been reaped. */
+/* Exit status if it exited normally; -1 if a signal killed it or it has not
+ * been reaped (see p->status for the signal). */
 int test_proc_exit_code(const test_proc *p);
 /* SIGKILL (after SIGCONT) and reap if still running. */
 void test_proc_kill(test_proc *p);
