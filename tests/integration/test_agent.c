@@ -146,7 +146,7 @@ Test(agent, registers_answers_checks_and_leaves)
     test_proc_signal(&agent, SIGTERM);
     cr_assert(test_proc_wait(&agent, 10000), "agent did not exit after SIGTERM");
     cr_assert_eq(test_proc_exit_code(&agent), 0, "%s", test_proc_stderr(&agent));
-    cr_assert(test_collector_wait(leaves, 1, 2000), "no leave message");
+    cr_assert(test_collector_wait(leaves, 1, 10000), "no leave message");
     test_proc_finish(&agent);
     test_collector_destroy(regs);
     test_collector_destroy(leaves);

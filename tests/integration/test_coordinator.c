@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <nats/nats.h>
 
+#include "fake_service.h"
 #include "natsd.h"
 #include "proc.h"
 
@@ -122,29 +123,7 @@ static pid_t start_service(const char *name, const char *dep, const char *check,
                            const char *message, const char *heartbeat)
 {
     const char *argv[16];
-    int n = 0;
-    argv[n++] = test_bin("SONAR_FAKE_SERVICE_BIN");
-    argv[n++] = "--server";
-    argv[n++] = nd.url;
-    argv[n++] = "--name";
-    argv[n++] = name;
-    if (dep) {
-        argv[n++] = "--depends";
-        argv[n++] = dep;
-    }
-    if (check) {
-        argv[n++] = "--check";
-        argv[n++] = check;
-    }
-    if (message) {
-        argv[n++] = "--message";
-        argv[n++] = message;
-    }
-    if (heartbeat) {
-        argv[n++] = "--heartbeat";
-        argv[n++] = heartbeat;
-    }
-    argv[n] = NULL;
+    fake_service_argv(argv, nd.url, name, dep, check, message, heartbeat);
     return spawn(argv);
 }
 

@@ -85,7 +85,7 @@ Test(hello, answers_checks_against_the_candidate_and_leaves_on_sigterm)
     test_proc_signal(&p, SIGTERM);
     cr_assert(test_proc_wait(&p, 10000), "hello did not exit on SIGTERM");
     cr_assert_eq(test_proc_exit_code(&p), 0);
-    cr_assert(test_collector_wait(leaves, 1, 3000), "hello did not leave the bus");
+    cr_assert(test_collector_wait(leaves, 1, 10000), "hello did not leave the bus");
     test_proc_finish(&p);
 
     test_collector_destroy(regs);
