@@ -12,7 +12,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/build
+# SONAR_BUILD_DIR picks another build (the test suite runs the demo on its own).
+BIN=${SONAR_BUILD_DIR:-$ROOT/build}
 KEEP=0
 for a in "$@"; do
     case $a in
@@ -61,6 +62,7 @@ wait_for() {
 NATS_PORT=$(free_port)
 export NATS_URL=nats://127.0.0.1:$NATS_PORT
 SONAR="$BIN/services/cli/sonar"
+export SONAR_BIN=$SONAR   # deploy/gate uses the same build
 CHILLY_PORT=$(free_port); JAFFLR_PORT=$(free_port); CAND_V2=$(free_port); CAND_NOME=$(free_port)
 GW_PORT=$(free_port); GW_URL=http://127.0.0.1:$GW_PORT
 
@@ -87,7 +89,9 @@ wait_for "the gateway" 10 curl -sf "$GW_URL/health"
 say "GET /api/v1/graph → $(curl -s "$GW_URL/api/v1/graph")"
 
 step "a customer orders a cheese toastie from jafflr (which picks from chillybin)"
+say "stock before: $(curl -s "http://127.0.0.1:$CHILLY_PORT/")"
 say "GET /toastie?i=cheese → $(curl -s "http://127.0.0.1:$JAFFLR_PORT/toastie?i=cheese")"
+say "stock after:  $(curl -s "http://127.0.0.1:$CHILLY_PORT/")"
 
 step "wells and aquifers: an aquifer, then five wells (events through outbox → JetStream → inbox)"
 say "\$ sonar request aquifers.create '{\"name\":\"gab\",\"region\":\"Great Artesian Basin\"}'"
