@@ -704,7 +704,10 @@ static service jafflr_joined(const char *chillybin_base, bool use_v2)
     service jf = jafflr_start(chillybin_base, use_v2);
     json_t *reg = next_json(sub, 15000);
     natsSubscription_Destroy(sub);
-    cr_assert_not_null(reg, "jafflr did not register");
+    if (reg == NULL)
+        dump_log(jf.proc);
+    cr_assert_not_null(reg, "jafflr did not register (exited: %s; its log is above)",
+                       proc_reaped(jf.proc) ? "yes" : "no");
     cr_expect_eq(json_array_size(json_object_get(json_object_get(reg, "checks"), "chillybin")), 5,
                  "five check cases on chillybin");
     char health[96];
@@ -778,7 +781,10 @@ Test(examples, chillybin_joins_sonar_without_dependencies_and_answers_none)
     service cb = chillybin_start("v2", "stock.db", NULL);
     json_t *reg = next_json(sub, 15000);
     natsSubscription_Destroy(sub);
-    cr_assert_not_null(reg, "chillybin did not register");
+    if (reg == NULL)
+        dump_log(cb.proc);
+    cr_assert_not_null(reg, "chillybin did not register (exited: %s; its log is above)",
+                       proc_reaped(cb.proc) ? "yes" : "no");
     cr_expect_str_eq(json_string_value(json_object_get(reg, "version")), "2.0.0");
     cr_expect_str_eq(json_string_value(json_object_get(reg, "address")), cb.base);
     cr_expect_eq(json_array_size(json_object_get(reg, "depends_on")), 0);
