@@ -32,20 +32,14 @@
 #include <sqlite3.h>
 
 #include "natsd.h"
+#include "proc.h"
 #include "sonar/promtext.h"
-
-extern char **environ;
 
 /* ---- Fixture: a nats-server and a temp dir per test ---------------------- */
 
 #define MAX_PROCS 8
 
-typedef struct proc {
-    pid_t pid;
-    bool reaped;
-    int status;        /* waitpid status once reaped */
-    char log[400];
-} proc;
+typedef test_proc proc;
 
 static test_natsd natsd;
 static char tmpdir[256];
@@ -57,37 +51,40 @@ static void setup(void)
 {
     cr_assert(test_natsd_start(&natsd), "nats-server did not start");
     cr_assert(test_mkdtemp(tmpdir, sizeof tmpdir, "examples"));
+    /* The services read these; a test sets them explicitly or not at all. */
+    unsetenv("CHILLYBIN_VARIANT");
+    unsetenv("JAFFLR_USE_V2_PICK");
     cr_assert_eq(natsConnection_ConnectTo(&nc, natsd.url), NATS_OK);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
 static bool proc_reaped(proc *p)
 {
-    if (!p->reaped && waitpid(p->pid, &p->status, WNOHANG) == p->pid)
-        p->reaped = true;
-    return p->reaped;
+    return test_proc_wait(p, 0);
 }
 
-static void dump_log(const proc *p)
+/* Its stdout then stderr on ours, each line prefixed. */
+static void dump_log(proc *p)
 {
-    FILE *f = fopen(p->log, "r");
-    if (f == NULL)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f) != NULL)
-        fprintf(stderr, "  | %s", line);
-    fclose(f);
+    test_proc_pump(p, 0);
+    const char *parts[] = {p->out, p->err};
+    for (size_t i = 0; i < 2; i++) {
+        const char *line = parts[i] ? parts[i] : "";
+        while (*line != '\0') {
+            size_t len = strcspn(line, "\n");
+            fprintf(stderr, "  | %.*s\n", (int)len, line);
+            line += len + (line[len] == '\n');
+        }
+    }
 }
 
 static void teardown(void)
 {
     for (size_t i = 0; i < n_procs; i++) {
-        if (!proc_reaped(procs[i])) {
-            kill(procs[i]->pid, SIGKILL);
-            waitpid(procs[i]->pid, &procs[i]->status, 0);
-        }
+        test_proc_kill(procs[i]);
         if (getenv("EXAMPLES_LOGS") != NULL) /* EXAMPLES_LOGS=1 meson test examples */
             dump_log(procs[i]);
+        test_proc_finish(procs[i]);
         free(procs[i]);
     }
     n_procs = 0;
@@ -105,49 +102,30 @@ TestSuite(examples, .init = setup, .fini = teardown, .timeout = 120);
 /*
  * Starts the binary named by \p bin_var with \p args (NULL-terminated),
  * NATS_URL pointing at the test's server, plus \p env ("NAME=VALUE",
- * NULL-terminated, may be NULL). Output goes to <tmpdir>/<tag>.log.
+ * NULL-terminated, may be NULL). Its output is kept (see dump_log); \p tag
+ * names it in messages.
  */
 static proc *start(const char *bin_var, const char *tag, const char *const *args,
                    const char *const *env)
 {
-    const char *bin = test_bin(bin_var);
     cr_assert_lt(n_procs, MAX_PROCS);
     proc *p = calloc(1, sizeof *p);
     cr_assert_not_null(p);
-    snprintf(p->log, sizeof p->log, "%s/%s.log", tmpdir, tag);
-
-    /* Everything the child needs is built before fork(). */
-    char *argv[32];
+    const char *argv[32];
     size_t n = 0;
-    argv[n++] = (char *)bin;
+    argv[n++] = test_bin(bin_var);
     for (size_t i = 0; args != NULL && args[i] != NULL && n < 31; i++)
-        argv[n++] = (char *)args[i];
+        argv[n++] = args[i];
     argv[n] = NULL;
     char nats_url[128];
     snprintf(nats_url, sizeof nats_url, "NATS_URL=%s", natsd.url);
-    char *envp[256];
+    const char *envv[16];
     size_t m = 0;
-    envp[m++] = nats_url;
-    for (size_t i = 0; env != NULL && env[i] != NULL; i++)
-        envp[m++] = (char *)env[i];
-    for (char **e = environ; *e != NULL && m < 255; e++) {
-        if (strncmp(*e, "NATS_URL=", 9) != 0 && strncmp(*e, "CHILLYBIN_VARIANT=", 18) != 0 &&
-            strncmp(*e, "JAFFLR_USE_V2_PICK=", 19) != 0)
-            envp[m++] = *e;
-    }
-    envp[m] = NULL;
-    int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    cr_assert_geq(fd, 0);
-
-    p->pid = fork();
-    cr_assert_geq(p->pid, 0);
-    if (p->pid == 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execve(bin, argv, envp);
-        _exit(127);
-    }
-    close(fd);
+    envv[m++] = nats_url;
+    for (size_t i = 0; env != NULL && env[i] != NULL && m < 15; i++)
+        envv[m++] = env[i];
+    envv[m] = NULL;
+    cr_assert(test_proc_start(p, tmpdir, argv, envv), "cannot start %s", tag);
     procs[n_procs++] = p;
     return p;
 }
@@ -155,8 +133,8 @@ static proc *start(const char *bin_var, const char *tag, const char *const *args
 /* Sends \p sig and waits for the exit; returns the exit code, or -1 when it did not exit. */
 static int stop(proc *p, int sig)
 {
-    kill(p->pid, sig);
-    if (!TEST_WAIT_UNTIL(proc_reaped(p), 15000)) {
+    test_proc_signal(p, sig);
+    if (!test_proc_wait(p, 15000)) {
         dump_log(p);
         return -1;
     }
