@@ -464,29 +464,10 @@ static int total_reports(report_count *rc)
     return n;
 }
 
-/* How many coordinators answer $SRV.PING.sonard within 300 ms. */
-static int count_sonards(void)
-{
-    natsInbox *inbox;
-    natsSubscription *sub;
-    natsInbox_Create(&inbox);
-    natsConnection_SubscribeSync(&sub, nc, inbox);
-    natsConnection_PublishRequestString(nc, "$SRV.PING.sonard", inbox, "");
-    int n = 0;
-    natsMsg *m;
-    while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
-        n++;
-        natsMsg_Destroy(m);
-    }
-    natsSubscription_Destroy(sub);
-    natsInbox_Destroy(inbox);
-    return n;
-}
-
 Test(coordinator, two_coordinators_give_one_report_per_change)
 {
     start_sonard("second.db");
-    cr_assert(TEST_WAIT_UNTIL(count_sonards() == 2, 10000), "the second sonard is up");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is up");
     const char *names[] = {"alpha", "beta"};
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     start_service("beta", NULL, NULL, NULL, NULL);
