@@ -448,9 +448,10 @@ static sonar_status on_change(sonar_request *req, void *closure)
         sonar_request_respond(req, report, strlen(report));
     } else {
         /* Reply first (latency), then publish and store. The gather stays in
-         * the table until stored, so a retry meanwhile joins it. */
-        sonar_request_respond(req, report, strlen(report));
+         * the table until stored, so a retry meanwhile joins it. The report is
+         * counted before the reply leaves: whoever got it sees it in /metrics. */
         sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - started_ms);
+        sonar_request_respond(req, report, strlen(report));
         if (store_and_publish(c, &ch, verdict, report) != SONAR_OK)
             sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
                       sonar_last_error());
