@@ -532,6 +532,11 @@ Test(coordinator, a_restarted_coordinator_keeps_history_and_rebuilds_the_registr
     cr_assert(json_equal(before, after), "history survives the restart");
     const char *all[] = {"alpha", "latecomer"};
     cr_assert(TEST_WAIT_UNTIL(all_live(all, 2), 5000), "discover rebuilt the registry");
+    /* The stored ids are known again at start: a retry gets the stored
+     * report, not a new gather (which would now include the latecomer). */
+    json_t *retry = announce("chillybin", "chg-keep", 5000);
+    cr_assert(json_equal(before, retry), "a retry after the restart gets the stored report");
+    json_decref(retry);
     json_t *r = announce("chillybin", "chg-after", 5000);
     cr_assert_eq(count(r, "pass"), 2);
     json_decref(r);

@@ -6,6 +6,7 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -501,6 +502,128 @@ Test(service, no_check_endpoint_never_answers_checks)
     cr_assert_str_eq(test_collector_subject(results, 0), "sonar.result.nc1.other");
     test_collector_destroy(results);
     sonar_service_destroy(other);
+    sonar_service_destroy(svc);
+}
+
+/* ---- fast endpoints ------------------------------------------------------ */
+
+typedef struct fast_job {
+    pthread_t handler_thread; /* the NATS thread the fast handler ran on */
+    pthread_t helper;         /* "other": the thread that answers */
+    bool has_helper;
+    sonar_status second_defer;
+} fast_job;
+
+static _Atomic int second_answer = -1;
+
+static void *answer_from_helper(void *arg)
+{
+    sonar_request_respond(arg, "other", 5);
+    return NULL;
+}
+
+static sonar_status fast_continue(sonar_request *req, void *closure)
+{
+    fast_job *fj = closure;
+    bool same_thread = pthread_equal(fj->handler_thread, pthread_self());
+    if (fj->has_helper) {
+        pthread_join(fj->helper, NULL);
+        /* Answered by the helper already: a second answer is refused. */
+        atomic_store(&second_answer, sonar_request_respond(req, "again", 5));
+        free(fj);
+        return SONAR_OK;
+    }
+    char text[64];
+    snprintf(text, sizeof text, "later:%s:%s", same_thread ? "same-thread" : "worker",
+             sonar_status_str(fj->second_defer));
+    free(fj);
+    return sonar_request_respond(req, text, strlen(text));
+}
+
+static sonar_status fast_handler(sonar_request *req, void *closure)
+{
+    (void)closure;
+    const char *body = sonar_request_data(req);
+    size_t len = sonar_request_len(req);
+    if (len == 3 && memcmp(body, "now", 3) == 0)
+        return sonar_request_respond(req, "now", 3);
+    if (len == 7 && memcmp(body, "nothing", 7) == 0)
+        return SONAR_ERR_NOT_FOUND;
+    fast_job *fj = calloc(1, sizeof *fj);
+    cr_assert_not_null(fj);
+    fj->handler_thread = pthread_self();
+    if (sonar_request_defer(req, fast_continue, fj) != SONAR_OK) {
+        free(fj);
+        return SONAR_ERR_STATE;
+    }
+    /* fj belongs to the continuation now, which runs after we return. */
+    if (len == 5 && memcmp(body, "other", 5) == 0) {
+        fj->has_helper = true;
+        cr_assert_eq(pthread_create(&fj->helper, NULL, answer_from_helper, req), 0);
+    }
+    fj->second_defer = sonar_request_defer(req, fast_continue, fj);
+    return SONAR_OK;
+}
+
+static sonar_status plain_defer_handler(sonar_request *req, void *closure)
+{
+    (void)closure;
+    sonar_status s = sonar_request_defer(req, fast_continue, NULL);
+    const char *text = sonar_status_str(s);
+    return sonar_request_respond(req, text, strlen(text));
+}
+
+static void assert_reply(const char *subject, const char *body, const char *want)
+{
+    natsMsg *m = request(subject, body);
+    cr_assert_eq((size_t)natsMsg_GetDataLength(m), strlen(want), "reply to %s: %.*s", body,
+                 natsMsg_GetDataLength(m), natsMsg_GetData(m));
+    cr_assert_eq(memcmp(natsMsg_GetData(m), want, strlen(want)), 0, "reply to %s: %.*s", body,
+                 natsMsg_GetDataLength(m), natsMsg_GetData(m));
+    natsMsg_Destroy(m);
+}
+
+Test(service, fast_endpoint_answers_on_the_nats_thread_or_defers_to_a_worker)
+{
+    sonar_service *svc = join("speedy", "s1");
+    cr_assert_eq(sonar_service_add_fast_endpoint(svc, "fast", "speedy.fast", NULL, fast_handler, NULL), SONAR_OK);
+    cr_assert_eq(sonar_service_add_endpoint(svc, "plain", "speedy.plain", NULL, plain_defer_handler, NULL), SONAR_OK);
+    cr_assert_eq(sonar_service_add_fast_endpoint(svc, "fast", "speedy.other", NULL, fast_handler, NULL),
+                 SONAR_ERR_INVALID, "names stay unique");
+    start(svc);
+
+    assert_reply("speedy.fast", "now", "now");
+    /* Deferred: the continuation runs on a worker, and only one defer is allowed. */
+    assert_reply("speedy.fast", "later", "later:worker:invalid state");
+    /* Answered by another thread while the continuation waits for it. */
+    assert_reply("speedy.fast", "other", "other");
+    cr_assert(TEST_WAIT_UNTIL(atomic_load(&second_answer) != -1, 5000));
+    cr_assert_eq(atomic_load(&second_answer), SONAR_ERR_STATE, "a second answer is refused");
+    /* Neither answered nor deferred: the service answers with the status. */
+    natsMsg *m = request("speedy.fast", "nothing");
+    const char *code = NULL;
+    cr_assert_eq(natsMsgHeader_Get(m, "Nats-Service-Error-Code", &code), NATS_OK);
+    cr_assert_str_eq(code, "404");
+    natsMsg_Destroy(m);
+    /* A plain endpoint's handler already runs on a worker: it cannot defer. */
+    assert_reply("speedy.plain", "x", "invalid state");
+
+    m = request("$SRV.INFO.speedy", "");
+    json_t *info = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    json_t *fast = json_array_get(json_object_get(info, "endpoints"), 1);
+    cr_assert_str_eq(json_string_value(json_object_get(fast, "name")), "fast");
+    cr_assert_str_eq(json_string_value(json_object_get(fast, "subject")), "speedy.fast");
+    json_decref(info);
+    natsMsg_Destroy(m);
+    m = request("$SRV.STATS.speedy", "");
+    json_t *stats = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    fast = json_array_get(json_object_get(stats, "endpoints"), 1);
+    cr_assert_eq(json_integer_value(json_object_get(fast, "num_requests")), 4,
+                 "each request counted once, whichever thread answered");
+    cr_assert_eq(json_integer_value(json_object_get(fast, "num_errors")), 1);
+    cr_assert(strstr(json_string_value(json_object_get(fast, "last_error")), "not found") != NULL);
+    json_decref(stats);
+    natsMsg_Destroy(m);
     sonar_service_destroy(svc);
 }
 
