@@ -1189,7 +1189,12 @@ Test(examples, jafflr_finishes_a_toastie_in_flight_on_sigterm)
     kill(jf.proc->pid, SIGTERM);
     cr_assert(TEST_WAIT_UNTIL(proc_reaped(jf.proc), 15000), "jafflr did not exit");
     pthread_join(t, NULL);
-    cr_expect_eq(sp.status, 200, "the toastie in flight was made");
+    if (sp.status != 200) {
+        dump_log(jf.proc);
+        dump_log(cb.proc);
+    }
+    cr_expect_eq(sp.status, 200, "the toastie in flight was made (status %ld; logs above)",
+                 sp.status);
     cr_expect(WIFEXITED(jf.proc->status) && WEXITSTATUS(jf.proc->status) == 0);
     pthread_mutex_destroy(&sp.lock);
     cr_expect_eq(stock_of(cb.base, "ham"), 19);
