@@ -8,7 +8,9 @@
  *  - One request thread per check request that has checks; it starts one
  *    thread per check and waits for them until the deadline.
  *  - The heartbeat thread re-publishes the registration.
- *  - endpoint_workers threads run endpoint handlers from a queue.
+ *  - endpoint_workers threads run endpoint handlers from a queue, and the
+ *    continuations fast handlers hand over with sonar_request_defer().
+ *    Fast handlers (sonar_service_add_fast_endpoint) run on the NATS thread.
  * Every thread we start is counted in svc->threads so stop() can wait for
  * them; late check results are discarded but the thread is still waited for.
  */
@@ -16,6 +18,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +46,7 @@ typedef struct endpoint {
     char *queue_group;
     sonar_endpoint_fn fn;
     void *closure;
+    bool fast; /* fn runs on the NATS delivery thread */
     sonar_stats_fn stats_fn;
     void *stats_closure;
     natsSubscription *sub;
@@ -53,19 +57,25 @@ typedef struct endpoint {
     char last_error[256];
 } endpoint;
 
+/* A queued handler run: a request of a plain endpoint (msg), or the
+ * continuation of a fast handler's request (req, fn, closure). */
 typedef struct job {
     struct job *next;
     endpoint *ep;
     natsMsg *msg;
+    sonar_request *req;
+    sonar_endpoint_fn fn;
+    void *closure;
 } job;
 
 struct sonar_request {
     endpoint *ep;
     natsMsg *msg;
     int64_t started_ns;
-    bool responded;
+    _Atomic bool responded; /* a kept request may be answered from another thread */
     bool failed;
     char error_text[256];
+    job *deferred;          /* fast handlers: the continuation's reserved job */
 };
 
 struct sonar_service {
@@ -348,9 +358,9 @@ static endpoint *find_endpoint(sonar_service *svc, const char *name)
     return NULL;
 }
 
-sonar_status sonar_service_add_endpoint(sonar_service *svc, const char *name, const char *subject,
-                                        const char *queue_group, sonar_endpoint_fn fn,
-                                        void *closure)
+static sonar_status add_endpoint(sonar_service *svc, const char *name, const char *subject,
+                                 const char *queue_group, sonar_endpoint_fn fn, void *closure,
+                                 bool fast)
 {
     sonar_status st = require_configurable(svc);
     if (st == SONAR_OK)
@@ -381,6 +391,7 @@ sonar_status sonar_service_add_endpoint(sonar_service *svc, const char *name, co
     ep->queue_group = strdup(queue_group ? queue_group : SONAR_DEFAULT_QUEUE_GROUP);
     ep->fn = fn;
     ep->closure = closure;
+    ep->fast = fast;
     if (!ep->name || !ep->subject || !ep->queue_group) {
         free(ep->name);
         free(ep->subject);
@@ -390,6 +401,20 @@ sonar_status sonar_service_add_endpoint(sonar_service *svc, const char *name, co
     }
     eps[svc->n_endpoints++] = ep;
     return SONAR_OK;
+}
+
+sonar_status sonar_service_add_endpoint(sonar_service *svc, const char *name, const char *subject,
+                                        const char *queue_group, sonar_endpoint_fn fn,
+                                        void *closure)
+{
+    return add_endpoint(svc, name, subject, queue_group, fn, closure, false);
+}
+
+sonar_status sonar_service_add_fast_endpoint(sonar_service *svc, const char *name,
+                                             const char *subject, const char *queue_group,
+                                             sonar_endpoint_fn fn, void *closure)
+{
+    return add_endpoint(svc, name, subject, queue_group, fn, closure, true);
 }
 
 sonar_status sonar_service_set_endpoint_stats(sonar_service *svc, const char *name,
@@ -891,10 +916,9 @@ const char *sonar_request_header(const sonar_request *req, const char *name)
 
 sonar_status sonar_request_respond(sonar_request *req, const char *data, size_t len)
 {
-    if (req->responded)
+    if (atomic_exchange(&req->responded, true))
         return sonar__fail(SONAR_ERR_STATE, "the request was already answered");
     const char *reply = natsMsg_GetReply(req->msg);
-    req->responded = true;
     /* Counted before the reply leaves, so a STATS request sent after the
      * reply arrived always sees it. */
     record_endpoint(req->ep, sonar_now_ns() - req->started_ns, NULL);
@@ -906,13 +930,12 @@ sonar_status sonar_request_respond(sonar_request *req, const char *data, size_t 
 
 sonar_status sonar_request_respond_error(sonar_request *req, int code, const char *fmt, ...)
 {
-    if (req->responded)
+    if (atomic_exchange(&req->responded, true))
         return sonar__fail(SONAR_ERR_STATE, "the request was already answered");
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(req->error_text, sizeof req->error_text, fmt, ap);
     va_end(ap);
-    req->responded = true;
     req->failed = true;
     record_endpoint(req->ep, sonar_now_ns() - req->started_ns, req->error_text);
     return sonar_reply_error(req->ep->svc->nc, natsMsg_GetReply(req->msg), code, "%s",
@@ -930,18 +953,93 @@ sonar_status sonar_request_respond_json(sonar_request *req, json_t *doc)
     return st;
 }
 
-static void run_job(job *j)
+/* After a handler returned: answers with an error if nobody replied. */
+static void settle_request(sonar_request *req, sonar_status st)
 {
-    sonar_request req = {.ep = j->ep, .msg = j->msg, .started_ns = sonar_now_ns()};
-    sonar__clear_error();
-    sonar_status st = j->ep->fn(&req, j->ep->closure);
-    if (!req.responded) {
+    if (!atomic_load(&req->responded)) {
         const char *detail = sonar_last_error();
-        sonar_request_respond_error(&req, sonar_reply_code(st), "%s%s%s", sonar_status_str(st),
+        sonar_request_respond_error(req, sonar_reply_code(st), "%s%s%s", sonar_status_str(st),
                                     *detail ? ": " : "", detail);
     }
-    natsMsg_Destroy(j->msg);
+}
+
+static void run_job(job *j)
+{
+    sonar__clear_error();
+    if (j->req != NULL) { /* a fast handler's continuation */
+        sonar_request *req = j->req;
+        settle_request(req, j->fn(req, j->closure));
+        natsMsg_Destroy(req->msg);
+        free(req);
+    } else {
+        sonar_request req = {.ep = j->ep, .msg = j->msg, .started_ns = sonar_now_ns()};
+        settle_request(&req, j->ep->fn(&req, j->ep->closure));
+        natsMsg_Destroy(j->msg);
+    }
     free(j);
+}
+
+/* Under svc->lock. */
+static void enqueue_job(sonar_service *svc, job *j)
+{
+    if (svc->queue_tail)
+        svc->queue_tail->next = j;
+    else
+        svc->queue_head = j;
+    svc->queue_tail = j;
+    /* Its own condition: a signal on svc->cond could wake the heartbeat
+     * thread instead of a worker and leave the job queued. */
+    pthread_cond_signal(&svc->job_cond);
+}
+
+sonar_status sonar_request_defer(sonar_request *req, sonar_endpoint_fn fn, void *closure)
+{
+    endpoint *ep = req->ep;
+    sonar_service *svc = ep->svc;
+    if (!ep->fast || req->deferred != NULL || fn == NULL)
+        return sonar__fail(SONAR_ERR_STATE, "only a fast handler can defer its request, once");
+    job *j = malloc(sizeof *j);
+    if (j == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    /* The slot is reserved now, so the continuation is certain to run; the
+     * job is queued when the fast handler returned (it still uses req). */
+    pthread_mutex_lock(&svc->lock);
+    bool full = svc->queue_len >= MAX_QUEUED_REQUESTS || svc->stopping;
+    if (!full)
+        svc->queue_len++;
+    pthread_mutex_unlock(&svc->lock);
+    if (full) {
+        free(j);
+        return sonar__fail(SONAR_ERR_STATE, "service busy or stopping");
+    }
+    *j = (job){.ep = ep, .req = req, .fn = fn, .closure = closure};
+    req->deferred = j;
+    return SONAR_OK;
+}
+
+/* A fast endpoint's request, on the NATS thread. */
+static void run_fast(endpoint *ep, natsMsg *msg)
+{
+    sonar_service *svc = ep->svc;
+    sonar_request *req = calloc(1, sizeof *req);
+    if (req == NULL) {
+        sonar_reply_error(svc->nc, natsMsg_GetReply(msg), 500, "out of memory");
+        record_endpoint(ep, 0, "out of memory");
+        natsMsg_Destroy(msg);
+        return;
+    }
+    *req = (sonar_request){.ep = ep, .msg = msg, .started_ns = sonar_now_ns()};
+    sonar__clear_error();
+    sonar_status st = ep->fn(req, ep->closure);
+    if (req->deferred != NULL) {
+        pthread_mutex_lock(&svc->lock);
+        enqueue_job(svc, req->deferred); /* from here on a worker owns req */
+        pthread_mutex_unlock(&svc->lock);
+        return;
+    }
+    settle_request(req, st);
+    natsMsg_Destroy(msg);
+    free(req);
 }
 
 static void *worker_thread(void *arg)
@@ -972,20 +1070,17 @@ static void on_endpoint_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
     (void)sub;
     endpoint *ep = closure;
     sonar_service *svc = ep->svc;
+    if (ep->fast) {
+        run_fast(ep, msg);
+        return;
+    }
     job *j = malloc(sizeof *j);
     pthread_mutex_lock(&svc->lock);
     bool full = svc->queue_len >= MAX_QUEUED_REQUESTS || svc->stopping || j == NULL;
     if (!full) {
         *j = (job){.ep = ep, .msg = msg};
-        if (svc->queue_tail)
-            svc->queue_tail->next = j;
-        else
-            svc->queue_head = j;
-        svc->queue_tail = j;
         svc->queue_len++;
-        /* Its own condition: a signal on svc->cond could wake the heartbeat
-         * thread instead of a worker and leave the job queued. */
-        pthread_cond_signal(&svc->job_cond);
+        enqueue_job(svc, j);
     }
     pthread_mutex_unlock(&svc->lock);
     if (full) {

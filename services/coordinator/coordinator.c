@@ -1,6 +1,8 @@
 /* sonard: registry subscriptions, change announcements, the read API. */
 #include "coordinator.h"
 
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +21,9 @@
 /* Header on reports this coordinator publishes, so it does not store them twice. */
 #define HDR_COORDINATOR "Sonar-Coordinator"
 
+/* Bloom filter of change ids that may have a stored report: 2^20 bits. */
+#define SEEN_WORDS (1u << 14)
+
 struct sonar_coordinator {
     sonar_coordinator_config cfg;
     char *db_path;
@@ -32,7 +37,45 @@ struct sonar_coordinator {
     sonar_outbox *outbox; /* NULL when the server has no JetStream */
     sonard_metrics *metrics;
     natsSubscription *sub_register, *sub_leave, *sub_report;
+    /* Every change id that was gathered, stored or received since start, and
+     * every stored one: an id not in it has no stored report, so its gather
+     * starts on the NATS thread without asking SQLite. Bits are never
+     * cleared (pruned reports stay "maybe"); a false "maybe" only costs a
+     * lookup on a worker. Lock-free. */
+    _Atomic uint64_t seen[SEEN_WORDS];
 };
+
+/* ---- change ids that may have a stored report ------------------------------- */
+
+static uint64_t id_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211u;
+    return h;
+}
+
+/* Three 20-bit positions from one hash. */
+static void seen_add(sonar_coordinator *c, const char *id)
+{
+    uint64_t h = id_hash(id);
+    for (int k = 0; k < 3; k++, h >>= 20)
+        atomic_fetch_or(&c->seen[(h & 0xfffff) >> 6], (uint64_t)1 << (h & 63));
+}
+
+static bool seen_maybe(sonar_coordinator *c, const char *id)
+{
+    uint64_t h = id_hash(id);
+    for (int k = 0; k < 3; k++, h >>= 20)
+        if (!(atomic_load(&c->seen[(h & 0xfffff) >> 6]) & ((uint64_t)1 << (h & 63))))
+            return false;
+    return true;
+}
+
+static void restore_report_id(void *closure, const char *change_id)
+{
+    seen_add(closure, change_id);
+}
 
 /* ---- restoring the registry from the store ---------------------------- */
 
@@ -167,6 +210,7 @@ static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid report: %s",
                           sonar_last_error());
     } else {
+        seen_add(c, r.change_id);
         char *text = strndup(data, (size_t)len);
         if (text == NULL ||
             sonar_store_enqueue_report(c->store, r.change_id, r.service,
@@ -384,86 +428,151 @@ static void start_events(sonar_coordinator *c)
     }
 }
 
-static sonar_status on_change(sonar_request *req, void *closure)
+/* What is left of a change request for a worker (the continuation). */
+typedef struct change_job {
+    sonar_coordinator *c;
+    sonar_change_msg ch;
+    sonar_gather *ga; /* NULL: not begun yet (or failed, when answered) */
+    int64_t started_ms;
+    bool joined;
+    bool answered;    /* answered on the NATS thread: nothing left to do */
+} change_job;
+
+/* Validates and decodes the announcement, fills in a generated id and the
+ * default timeout. Replies with an error and returns false when invalid. */
+static bool change_prepare(sonar_coordinator *c, sonar_request *req, sonar_change_msg *ch,
+                           bool *fresh_id)
 {
-    sonar_coordinator *c = closure;
     const char *subject = sonar_request_subject(req);
     size_t plen = strlen(SONAR_SUBJ_CHANGE_PREFIX);
     const char *name = strncmp(subject, SONAR_SUBJ_CHANGE_PREFIX, plen) == 0 ? subject + plen
                                                                               : "";
-    sonard_metrics_change(c->metrics);
-    int64_t started_ms = sonar_now_ms();
-    if (!sonar_name_valid(name))
-        return sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
+    if (!sonar_name_valid(name)) {
+        sonar_request_respond_error(req, 400, "bad change subject %.200s", subject);
+        return false;
+    }
     sonar_log(SONAR_LOG_DEBUG, "announcement on %s: %.*s", subject, (int)sonar_request_len(req),
               sonar_request_data(req));
-    sonar_change_msg ch = {0};
-    sonar_status s = sonar_change_decode(&ch, sonar_request_data(req), sonar_request_len(req));
-    if (s != SONAR_OK)
-        return sonar_request_respond_error(req, sonar_reply_code(s), "invalid change: %s",
-                                           sonar_last_error());
-    char generated[32];
-    bool fresh_id = ch.change_id == NULL;
-    sonar_gather *ga = NULL;
-    char *report = NULL;
-    sonar_outcome verdict = SONAR_INCOMPLETE;
-    bool joined = true;
-    if (strcmp(ch.service, name) != 0) {
-        sonar_request_respond_error(req, 400, "change of %s announced on the subject of %s",
-                                    ch.service, name);
-        goto out;
+    sonar_status s = sonar_change_decode(ch, sonar_request_data(req), sonar_request_len(req));
+    if (s != SONAR_OK) {
+        sonar_request_respond_error(req, sonar_reply_code(s), "invalid change: %s",
+                                    sonar_last_error());
+        return false;
     }
-    if (ch.change_id == NULL) {
+    if (strcmp(ch->service, name) != 0) {
+        sonar_request_respond_error(req, 400, "change of %s announced on the subject of %s",
+                                    ch->service, name);
+        return false;
+    }
+    *fresh_id = ch->change_id == NULL;
+    if (ch->change_id == NULL) {
+        char generated[32];
         sonar_random_id(generated);
-        ch.change_id = strdup(generated);
-        if (ch.change_id == NULL) {
+        if ((ch->change_id = strdup(generated)) == NULL) {
             sonar_request_respond_error(req, 500, "out of memory");
-            goto out;
+            return false;
         }
     }
-    if (ch.timeout_ms <= 0)
-        ch.timeout_ms = c->cfg.default_timeout_ms;
-    /* A retry: the gather still running, else the stored report, else a new gather. */
-    if (sonar_gatherer_join(c->gatherer, ch.change_id, &ga) != SONAR_OK) {
-        /* An id we just generated cannot have a report yet. */
-        s = fresh_id ? sonar__fail(SONAR_ERR_NOT_FOUND, "new change")
-                     : sonar_store_get_report(c->store, ch.change_id, &report);
+    if (ch->timeout_ms <= 0)
+        ch->timeout_ms = c->cfg.default_timeout_ms;
+    return true;
+}
+
+/* Starts (or, in a race, joins) the gather and attaches the request to it,
+ * so the report is the reply. Quick: runs on the NATS thread. */
+static void change_begin(change_job *cj, sonar_request *req)
+{
+    seen_add(cj->c, cj->ch.change_id); /* before it can be stored */
+    sonar_status s = sonar_gatherer_begin(cj->c->gatherer, &cj->ch, &cj->ga, &cj->joined);
+    if (s != SONAR_OK) {
+        cj->ga = NULL;
+        cj->answered = true;
+        sonar_request_respond_error(req, sonar_reply_code(s), "change %s: %s", cj->ch.change_id,
+                                    sonar_last_error());
+        return;
+    }
+    sonar_gather_attach(cj->ga, req);
+}
+
+/* On a worker: the stored-report lookup when needed, then waiting for the
+ * end of the gather (the request is answered by whoever builds the report,
+ * usually the result callback before this wakes up), then storing. */
+static sonar_status change_continue(sonar_request *req, void *closure)
+{
+    change_job *cj = closure;
+    sonar_coordinator *c = cj->c;
+    const sonar_change_msg *ch = &cj->ch;
+    char *report = NULL;
+    if (cj->ga == NULL && !cj->answered) {
+        sonar_status s = sonar_store_get_report(c->store, ch->change_id, &report);
         if (s == SONAR_OK) {
             sonar_request_respond(req, report, strlen(report));
             goto out;
         }
         if (s != SONAR_ERR_NOT_FOUND)
-            sonar_log(SONAR_LOG_WARN, "change %s: %s", ch.change_id, sonar_last_error());
-        s = sonar_gatherer_begin(c->gatherer, &ch, &ga, &joined);
-        if (s != SONAR_OK) {
-            sonar_request_respond_error(req, sonar_reply_code(s), "change %s: %s",
-                                        ch.change_id, sonar_last_error());
-            goto out;
-        }
+            sonar_log(SONAR_LOG_WARN, "change %s: %s", ch->change_id, sonar_last_error());
+        change_begin(cj, req);
     }
-    s = sonar_gather_wait(ga, &report, &verdict);
+    if (cj->ga == NULL)
+        goto out;
+    sonar_outcome verdict = SONAR_INCOMPLETE;
+    sonar_status s = sonar_gather_wait(cj->ga, NULL, &report, &verdict);
     if (s != SONAR_OK) {
-        sonar_request_respond_error(req, 500, "change %s: %s", ch.change_id, sonar_last_error());
-    } else if (joined) {
-        sonar_request_respond(req, report, strlen(report));
-    } else {
-        /* Reply first (latency), then publish and store. The gather stays in
-         * the table until stored, so a retry meanwhile joins it. */
-        sonar_request_respond(req, report, strlen(report));
-        sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - started_ms);
-        if (store_and_publish(c, &ch, verdict, report) != SONAR_OK)
-            sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch.change_id,
+        sonar_log(SONAR_LOG_ERROR, "change %s: %s", ch->change_id, sonar_last_error());
+    } else if (!cj->joined) {
+        /* Replied already; now publish and store. The gather stays in the
+         * table until stored, so a retry meanwhile joins it. */
+        sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - cj->started_ms);
+        if (store_and_publish(c, ch, verdict, report) != SONAR_OK)
+            sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id,
                       sonar_last_error());
-        sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch.change_id, ch.service,
-                  ch.version, sonar_outcome_str(verdict));
+        sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch->change_id, ch->service,
+                  ch->version, sonar_outcome_str(verdict));
     }
-    if (joined)
-        sonar_gatherer_release(c->gatherer, ga);
+    if (cj->joined)
+        sonar_gatherer_release(c->gatherer, cj->ga);
     else
-        sonar_gatherer_finish(c->gatherer, ga);
+        sonar_gatherer_finish(c->gatherer, cj->ga);
 out:
     free(report);
-    sonar_change_finish(&ch);
+    sonar_change_finish(&cj->ch);
+    free(cj);
+    return SONAR_OK;
+}
+
+/* The change endpoint's fast handler, on the NATS thread: decoding, a
+ * running gather joined or a new one begun (both in memory), then the
+ * rest handed to a worker. Only an id that may have a stored report waits
+ * for a worker to ask SQLite before its gather begins. */
+static sonar_status on_change(sonar_request *req, void *closure)
+{
+    sonar_coordinator *c = closure;
+    sonard_metrics_change(c->metrics);
+    change_job *cj = calloc(1, sizeof *cj);
+    if (cj == NULL)
+        return sonar_request_respond_error(req, 500, "out of memory");
+    cj->c = c;
+    cj->started_ms = sonar_now_ms();
+    bool fresh_id = false;
+    if (!change_prepare(c, req, &cj->ch, &fresh_id)) {
+        sonar_change_finish(&cj->ch);
+        free(cj);
+        return SONAR_OK;
+    }
+    if (sonar_request_defer(req, change_continue, cj) != SONAR_OK) {
+        sonar_request_respond_error(req, 503, "change %s: %s", cj->ch.change_id,
+                                    sonar_last_error());
+        sonar_change_finish(&cj->ch);
+        free(cj);
+        return SONAR_OK;
+    }
+    /* From here change_continue() owns cj and will run. */
+    if (sonar_gatherer_join(c->gatherer, cj->ch.change_id, &cj->ga) == SONAR_OK) {
+        cj->joined = true;
+        sonar_gather_attach(cj->ga, req);
+    } else if (fresh_id || !seen_maybe(c, cj->ch.change_id)) {
+        change_begin(cj, req);
+    }
     return SONAR_OK;
 }
 
@@ -493,17 +602,19 @@ static void drain(natsConnection *nc, natsSubscription *sub)
 
 static sonar_status add_endpoints(sonar_coordinator *c)
 {
+    /* The change endpoint is fast: its handler runs on the NATS thread. */
+    sonar_status s = sonar_service_add_fast_endpoint(c->svc, "change",
+                                                     SONAR_SUBJ_CHANGE_PREFIX "*", SONARD_NAME,
+                                                     on_change, c);
     static const struct {
         const char *name, *subject;
         sonar_endpoint_fn fn;
     } eps[] = {
-        {"change", SONAR_SUBJ_CHANGE_PREFIX "*", on_change},
         {"services", "sonar.api.services", api_services},
         {"report", "sonar.api.report", api_report},
         {"history", "sonar.api.history", api_history},
         {"graph", "sonar.api.graph", api_graph},
     };
-    sonar_status s = SONAR_OK;
     for (size_t i = 0; s == SONAR_OK && i < sizeof eps / sizeof eps[0]; i++)
         s = sonar_service_add_endpoint(c->svc, eps[i].name, eps[i].subject, SONARD_NAME,
                                        eps[i].fn, c);
@@ -538,6 +649,8 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = sonar_registry_create(&c->reg, SONARD_NAME);
     if (s == SONAR_OK)
         s = sonar_store_load(c->store, restore_service, restore_instance, c);
+    if (s == SONAR_OK)
+        s = sonar_store_report_ids(c->store, restore_report_id, c);
     if (s == SONAR_OK)
         s = sonar_store_start_writer(c->store, c->cfg.retention_ms, prune_interval(c->cfg.retention_ms));
     if (s == SONAR_OK) {

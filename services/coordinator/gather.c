@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "sonar/reply.h"
 #include "sonar/bus.h"
+#include "sonar/service.h"
 #include "sonar/util.h"
 
 /* ---- The tally ------------------------------------------------------------- */
@@ -237,8 +238,15 @@ oom:
 
 #define BUCKETS 256
 
+/* A change request answered by whoever builds the report; under ga->mu. */
+typedef struct waiter {
+    struct waiter *next;
+    sonar_request *req;
+} waiter;
+
 struct sonar_gather {
     sonar_gather *next;       /* bucket chain, under g->mu */
+    waiter *waiters;          /* requests to answer with the report, under mu */
     atomic_int refs;
     char change_id[SONAR_NAME_MAX + 1];
     pthread_mutex_t mu;
@@ -283,6 +291,11 @@ static void gather_unref(sonar_gather *ga)
 {
     if (atomic_fetch_sub(&ga->refs, 1) != 1)
         return;
+    while (ga->waiters != NULL) { /* only if the report was never built */
+        waiter *w = ga->waiters;
+        ga->waiters = w->next;
+        free(w);
+    }
     sonar_tally_destroy(ga->tally);
     free(ga->report_json);
     pthread_mutex_destroy(&ga->mu);
@@ -315,6 +328,8 @@ static bool split_result_subject(const char *subject, char *buf, size_t buflen,
     *who = dot + 1;
     return true;
 }
+
+static void build_report(sonar_gather *ga);
 
 static void on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -349,8 +364,9 @@ static void on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         pthread_mutex_lock(&ga->mu);
         if (!ga->done) {
             s = sonar_tally_add(ga->tally, &res, known);
+            /* The last expected answer: report and reply from here at once. */
             if (s == SONAR_OK && sonar_tally_complete(ga->tally))
-                pthread_cond_broadcast(&ga->cond);
+                build_report(ga);
         }
         pthread_mutex_unlock(&ga->mu);
         if (s != SONAR_OK)
@@ -570,6 +586,20 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
     return SONAR_OK;
 }
 
+/* Answers one waiting request with the report (or a 500 when it could not be built). */
+static void reply_report(const sonar_gather *ga, sonar_request *req)
+{
+    if (ga->report_status == SONAR_OK)
+        sonar_request_respond(req, ga->report_json, strlen(ga->report_json));
+    else
+        sonar_request_respond_error(req, 500, "the report of change %s could not be built",
+                                    ga->change_id);
+}
+
+/* Under ga->mu, on whichever thread sees the gather end: the result
+ * callback when the last expected answer arrives, or a waiting handler at
+ * the deadline or on cancel. Encoding and one publish per waiter are quick,
+ * so this may run on a NATS thread. */
 static void build_report(sonar_gather *ga)
 {
     sonar_report_msg r = {0};
@@ -587,11 +617,37 @@ static void build_report(sonar_gather *ga)
                   sonar_last_error());
     sonar_report_finish(&r);
     ga->done = true;
+    /* Reply before waking the handlers: the wake-up is off the latency path. */
+    while (ga->waiters != NULL) {
+        waiter *w = ga->waiters;
+        ga->waiters = w->next;
+        reply_report(ga, w->req);
+        free(w);
+    }
     pthread_cond_broadcast(&ga->cond);
 }
 
-sonar_status sonar_gather_wait(sonar_gather *ga, char **out_json, sonar_outcome *out_verdict)
+void sonar_gather_attach(sonar_gather *ga, sonar_request *req)
 {
+    waiter *w = malloc(sizeof *w);
+    pthread_mutex_lock(&ga->mu);
+    if (ga->done) {
+        reply_report(ga, req);
+        free(w);
+    } else if (w == NULL) {
+        sonar_request_respond_error(req, 500, "gather: out of memory");
+    } else {
+        *w = (waiter){.next = ga->waiters, .req = req};
+        ga->waiters = w;
+    }
+    pthread_mutex_unlock(&ga->mu);
+}
+
+sonar_status sonar_gather_wait(sonar_gather *ga, sonar_request *req, char **out_json,
+                               sonar_outcome *out_verdict)
+{
+    if (req != NULL)
+        sonar_gather_attach(ga, req);
     pthread_mutex_lock(&ga->mu);
     while (!ga->done && !ga->cancelled && !sonar_tally_complete(ga->tally) &&
            sonar_now_ms() < ga->deadline_ms) {
@@ -600,7 +656,7 @@ sonar_status sonar_gather_wait(sonar_gather *ga, char **out_json, sonar_outcome 
         pthread_cond_timedwait(&ga->cond, &ga->mu, &ts);
     }
     if (!ga->done)
-        build_report(ga);
+        build_report(ga); /* answers our request (and every other waiter's) */
     sonar_status s = ga->report_status;
     char *copy = NULL;
     if (s == SONAR_OK && (copy = strdup(ga->report_json)) == NULL)

@@ -11,16 +11,19 @@
  * with no live instance are reported incomplete with "registered with no
  * live instance"), publishes `sonar.check.<service>` and then
  * `sonar.gather.v1` on `sonar.gather.<change_id>`. Results are collected
- * in the subscription callback into memory; the last expected answer
- * signals a condition variable, so sonar_gather_wait() returns as soon as
- * everyone answered, or at the deadline with the silent ones incomplete
- * ("no answer by the deadline").
+ * in the subscription callback into memory; the callback that records the
+ * last expected answer builds the report, answers every change request
+ * waiting on the gather and then wakes the waiting handlers, so the reply
+ * leaves as soon as everyone answered. At the deadline a waiting handler
+ * builds it, with the silent ones incomplete ("no answer by the deadline").
  *
  * Thread-safety: the tally is not thread-safe (the gatherer locks around
- * it). The gatherer and gathers may be used from any thread; begin, wait,
- * finish and release run on worker threads (wait blocks), never on a NATS
- * callback thread. The result callback runs on the subscription's NATS
- * thread and does only decoding and in-memory work.
+ * it). The gatherer and gathers may be used from any thread. begin (a
+ * registry snapshot and two publishes), join, attach and release are quick
+ * and may run on a NATS callback thread; wait blocks and runs on worker
+ * threads only. The result callback runs on the subscription's NATS thread
+ * and does only decoding, in-memory work and, for the last expected
+ * answer, encoding the report and one reply per attached request.
  */
 #ifndef SONARD_GATHER_H
 #define SONARD_GATHER_H
@@ -32,6 +35,7 @@
 
 #include "registry.h"
 #include "sonar/protocol.h"
+#include "sonar/service.h"
 #include "sonar/status.h"
 
 /** Reasons written into incomplete report entries. */
@@ -136,12 +140,30 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
 sonar_status sonar_gatherer_join(sonar_gatherer *g, const char *change_id, sonar_gather **out);
 
 /**
+ * \brief Has \p req (borrowed; it must stay valid until the gather's report
+ *        is built, i.e. until a sonar_gather_wait() on this gather returned)
+ *        answered with the report by whichever thread builds it, or at once
+ *        when it is built already (a 500 when it could not be built, or on
+ *        out of memory). Quick: may run on a NATS thread.
+ */
+void sonar_gather_attach(sonar_gather *ga, sonar_request *req);
+
+/**
  * \brief Blocks until the gather ends (everyone answered, the deadline,
  *        or cancel) and returns its report.
+ * \param req when not NULL, attached first (sonar_gather_attach(); it must
+ *        stay valid until this returns, which holds for the request of the
+ *        endpoint handler that calls this): it is answered with the report
+ *        (or a 500 when the report could not be built) by whichever thread
+ *        builds it, before the waiting callers are woken. When the last
+ *        expected answer arrives that is the result callback (a NATS
+ *        thread), so the reply does not wait for this thread to wake up.
+ *        On return the request has been answered.
  * \param out_json new `sonar.report.v1` text (free()).
  * \param out_verdict when not NULL, the verdict.
  */
-sonar_status sonar_gather_wait(sonar_gather *ga, char **out_json, sonar_outcome *out_verdict);
+sonar_status sonar_gather_wait(sonar_gather *ga, sonar_request *req, char **out_json,
+                               sonar_outcome *out_verdict);
 
 /**
  * \brief The starter's hand-back, after it published and stored the

@@ -452,6 +452,21 @@ out:
     return s;
 }
 
+sonar_status sonar_store_report_ids(sonar_store *st, sonar_store_id_fn on_id, void *closure)
+{
+    sonar_status s = SONAR_OK;
+    sqlite3_stmt *q = NULL;
+    pthread_mutex_lock(&st->mu);
+    if (sqlite3_prepare_v2(st->db, "SELECT change_id FROM reports", -1, &q, NULL) != SQLITE_OK)
+        s = db_fail(st, "prepare");
+    else
+        while (sqlite3_step(q) == SQLITE_ROW)
+            on_id(closure, col(q, 0));
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&st->mu);
+    return s;
+}
+
 /* ---- the writer ------------------------------------------------------------ */
 
 static void job_free(job *j)

@@ -125,6 +125,12 @@ typedef void (*sonar_store_instance_fn)(void *closure, const char *service, cons
 sonar_status sonar_store_load(sonar_store *st, sonar_store_service_fn on_service,
                               sonar_store_instance_fn on_instance, void *closure);
 
+/** Called once per stored report by sonar_store_report_ids() (borrowed). */
+typedef void (*sonar_store_id_fn)(void *closure, const char *change_id);
+
+/** \brief Reads the change id of every stored report into \p on_id. */
+sonar_status sonar_store_report_ids(sonar_store *st, sonar_store_id_fn on_id, void *closure);
+
 /* ---- The writer ---------------------------------------------------------- */
 
 /**

@@ -43,7 +43,7 @@ static void setup(void)
     atomic_store(&health_warn, false);
 }
 
-static void dump(const test_proc *p)
+static void dump(test_proc *p)
 {
     char *err = test_proc_stderr(p);
     fprintf(stderr, "---- statusd stderr ----\n%s\n------------------------\n", err);

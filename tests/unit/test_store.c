@@ -119,6 +119,33 @@ Test(store, reports_are_found_by_change_id_and_the_first_wins)
     sonar_store_close(st);
 }
 
+static void collect_id(void *closure, const char *change_id)
+{
+    json_array_append_new(closure, json_string(change_id));
+}
+
+Test(store, report_ids_lists_every_stored_change_id)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    json_t *ids = json_array();
+    cr_assert_eq(sonar_store_report_ids(st, collect_id, ids), SONAR_OK);
+    cr_assert_eq(json_array_size(ids), 0);
+    cr_assert_eq(sonar_store_put_report(st, "c1", "x", "pass", 10, "{}"), SONAR_OK);
+    cr_assert_eq(sonar_store_put_report(st, "c2", "y", "fail", 11, "{}"), SONAR_OK);
+    cr_assert_eq(sonar_store_report_ids(st, collect_id, ids), SONAR_OK);
+    cr_assert_eq(json_array_size(ids), 2);
+    bool c1 = false, c2 = false;
+    for (size_t i = 0; i < 2; i++) {
+        const char *id = json_string_value(json_array_get(ids, i));
+        c1 = c1 || strcmp(id, "c1") == 0;
+        c2 = c2 || strcmp(id, "c2") == 0;
+    }
+    cr_assert(c1 && c2);
+    json_decref(ids);
+    sonar_store_close(st);
+}
+
 Test(store, history_is_newest_first_and_limited)
 {
     sonar_store *st;

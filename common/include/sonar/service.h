@@ -18,7 +18,10 @@
  *
  * Threads: NATS callbacks only decode, answer `none`, answer `$SRV` and
  * hand work over. Checks run on their own worker threads (all checks of a
- * request concurrently); endpoint handlers run on a small worker pool.
+ * request concurrently); endpoint handlers run on a small worker pool,
+ * except those of fast endpoints (sonar_service_add_fast_endpoint()),
+ * which run on the NATS delivery thread and hand slow work to the pool
+ * with sonar_request_defer().
  * The heartbeat runs on its own thread.
  *
  * Thread-safety: configure (add_check, add_endpoint, depend) before
@@ -112,7 +115,15 @@ typedef sonar_check_status (*sonar_check_fn)(sonar_check_ctx *ctx, void *closure
 
 /* ---- Endpoints --------------------------------------------------------- */
 
-/** A request to an endpoint. Borrowed by the handler for the call only. */
+/**
+ * A request to an endpoint. Borrowed by the handler for the call only;
+ * for a fast endpoint that deferred it, by the continuation for its call.
+ * The answer may come from another thread while the handler (or the
+ * continuation) runs, e.g. one it waits for: respond and respond_error are
+ * safe to race (the first wins, the other returns SONAR_ERR_STATE), but
+ * the handler must not return before that other thread is done with the
+ * request (it is freed or reused once the handler returned).
+ */
 typedef struct sonar_request sonar_request;
 
 const char *sonar_request_subject(const sonar_request *req);
@@ -142,6 +153,24 @@ sonar_status sonar_request_respond_json(sonar_request *req, json_t *doc);
  * the returned status and sonar_last_error().
  */
 typedef sonar_status (*sonar_endpoint_fn)(sonar_request *req, void *closure);
+
+/**
+ * \brief From a fast endpoint's handler only (on the NATS thread): hands the
+ *        request over to the worker pool, where \p fn(req, closure) runs
+ *        after the handler returned, like a plain endpoint's handler (if
+ *        the request is still unanswered when it returns, the service
+ *        replies with an error). The request stays valid, at the same
+ *        address, until the continuation returned, so the handler may give
+ *        it to another thread (which may answer it before or while the
+ *        continuation runs) if the continuation waits for that thread.
+ *        The pool's slot is reserved at once: on SONAR_OK the continuation
+ *        is certain to run exactly once (it is the place to free
+ *        \p closure). At most one defer per request.
+ * \return SONAR_OK; SONAR_ERR_STATE (not a fast endpoint, deferred
+ *         already, the service is busy (10,000 queued) or stopping: the
+ *         handler should answer the request itself); SONAR_ERR_NOMEM.
+ */
+sonar_status sonar_request_defer(sonar_request *req, sonar_endpoint_fn fn, void *closure);
 
 /* ---- Lifecycle --------------------------------------------------------- */
 
@@ -180,6 +209,20 @@ sonar_status sonar_service_add_check(sonar_service *svc, const char *dependency,
 sonar_status sonar_service_add_endpoint(sonar_service *svc, const char *name,
                                         const char *subject, const char *queue_group,
                                         sonar_endpoint_fn fn, void *closure);
+
+/**
+ * \brief Like sonar_service_add_endpoint(), but \p fn runs on the NATS
+ *        delivery thread of the endpoint's subscription: no hand-off to the
+ *        worker pool, so it answers sooner. It must be quick (decoding,
+ *        memory, a publish): it must not block, wait, or touch files or
+ *        databases. For slow work it calls sonar_request_defer(). The
+ *        endpoint is listed in $SRV.INFO and counted in $SRV.STATS like any
+ *        other (processing time: from delivery to the answer, whichever
+ *        thread sends it). Before start only.
+ */
+sonar_status sonar_service_add_fast_endpoint(sonar_service *svc, const char *name,
+                                             const char *subject, const char *queue_group,
+                                             sonar_endpoint_fn fn, void *closure);
 
 /**
  * Supplies extra JSON for an endpoint's `data` in $SRV.STATS. Called on a
