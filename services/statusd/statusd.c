@@ -521,18 +521,8 @@ sonar_status statusd_start(statusd **out, sonar_bus *bus, const statusd_config *
         s = start_threads(d);
     if (s == SONAR_OK)
         s = sonar_service_start(d->svc);
-    if (s == SONAR_OK) {
-        char *discover = NULL;
-        s = sonar_discover_encode(&discover);
-        if (s == SONAR_OK) {
-            natsStatus ns = natsConnection_PublishString(d->nc, SONAR_SUBJ_DISCOVER, discover);
-            if (ns == NATS_OK)
-                ns = natsConnection_FlushTimeout(d->nc, 5000);
-            if (ns != NATS_OK)
-                s = sonar_bus_status(ns, "publishing sonar.discover");
-        }
-        free(discover);
-    }
+    if (s == SONAR_OK)
+        s = sonar_bus_discover(d->bus);
     if (s != SONAR_OK) {
         sonar_status keep = s;
         char why[1024];
