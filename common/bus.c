@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "sonar/protocol.h"
 
 struct sonar_bus {
     natsConnection *nc;
@@ -200,6 +201,19 @@ const char *sonar_bus_url(sonar_bus *bus)
     if (natsConnection_GetConnectedUrl(bus->nc, bus->url, sizeof bus->url) != NATS_OK)
         bus->url[0] = '\0';
     return bus->url;
+}
+
+sonar_status sonar_bus_discover(sonar_bus *bus)
+{
+    char *discover = NULL;
+    sonar_status s = sonar_discover_encode(&discover);
+    if (s != SONAR_OK)
+        return s;
+    natsStatus ns = natsConnection_PublishString(bus->nc, SONAR_SUBJ_DISCOVER, discover);
+    if (ns == NATS_OK)
+        ns = natsConnection_FlushTimeout(bus->nc, 5000);
+    free(discover);
+    return sonar_bus_status(ns, "publishing sonar.discover");
 }
 
 void sonar_bus_destroy(sonar_bus *bus)

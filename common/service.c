@@ -942,6 +942,17 @@ sonar_status sonar_request_respond_error(sonar_request *req, int code, const cha
                              req->error_text);
 }
 
+sonar_status sonar_request_respond_json(sonar_request *req, json_t *doc)
+{
+    char *text = doc != NULL ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (text == NULL)
+        return sonar_request_respond_error(req, 500, "out of memory encoding the reply");
+    sonar_status st = sonar_request_respond(req, text, strlen(text));
+    free(text);
+    return st;
+}
+
 /* After a handler returned: answers with an error if nobody replied. */
 static void settle_request(sonar_request *req, sonar_status st)
 {

@@ -382,7 +382,7 @@ sonar_status sonar_statusstore_checks_for(sonar_statusstore *s, const char *serv
 {
     if (s == NULL || out == NULL)
         return sonar__fail(SONAR_ERR_INVALID, "sonar_statusstore_checks_for: missing argument");
-    sonar_status rc = sonar_name_check("service name", service);
+    sonar_status rc = service == NULL ? SONAR_OK : sonar_name_check("service name", service);
     if (rc != SONAR_OK)
         return rc;
     if (limit > SONAR_STATUSSTORE_CHECKS_MAX)
@@ -393,11 +393,17 @@ sonar_status sonar_statusstore_checks_for(sonar_statusstore *s, const char *serv
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st = NULL;
     rc = sonar__db_prepare(s->db,
-                           "SELECT id, service, target, observed, reported, http_code, "
-                           "duration_ms, at_ms, error FROM checks WHERE service = ? "
-                           "ORDER BY at_ms DESC, id DESC LIMIT ?", &st);
+                           service != NULL
+                               ? "SELECT id, service, target, observed, reported, http_code, "
+                                 "duration_ms, at_ms, error FROM checks WHERE service = ?1 "
+                                 "ORDER BY at_ms DESC, id DESC LIMIT ?2"
+                               : "SELECT id, service, target, observed, reported, http_code, "
+                                 "duration_ms, at_ms, error FROM checks "
+                                 "ORDER BY at_ms DESC, id DESC LIMIT ?2",
+                           &st);
     if (rc == SONAR_OK) {
-        sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
+        if (service != NULL)
+            sqlite3_bind_text(st, 1, service, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)limit);
         rc = read_checks(s, st, out);
     }

@@ -109,7 +109,7 @@ sonar_status sonar_parse_duration_ms(const char *text, int64_t *out_ms)
     double v = strtod(text, &end);
     if (end == text || errno != 0 || v < 0 || v != v)
         return sonar__fail(SONAR_ERR_INVALID,
-                           "invalid duration \"%s\": expected e.g. 500ms, 10s, 2m, 1h", text);
+                           "invalid duration \"%s\": expected e.g. 500ms, 10s, 2m, 1h, 7d", text);
     double mult;
     if (*end == '\0' || strcmp(end, "ms") == 0)
         mult = 1;
@@ -119,9 +119,11 @@ sonar_status sonar_parse_duration_ms(const char *text, int64_t *out_ms)
         mult = 60000;
     else if (strcmp(end, "h") == 0)
         mult = 3600000;
+    else if (strcmp(end, "d") == 0)
+        mult = 86400000;
     else
         return sonar__fail(SONAR_ERR_INVALID,
-                           "invalid duration \"%s\": unit must be ms, s, m or h", text);
+                           "invalid duration \"%s\": unit must be ms, s, m, h or d", text);
     double ms = v * mult;
     if (ms > 9.0e15)
         return sonar__fail(SONAR_ERR_INVALID, "duration \"%s\" is too large", text);

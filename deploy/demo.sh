@@ -88,6 +88,16 @@ start gateway "$BIN/services/gateway/sonar-gateway" --listen "127.0.0.1:$GW_PORT
 wait_for "the gateway" 10 curl -sf "$GW_URL/health"
 say "GET /api/v1/graph → $(curl -s "$GW_URL/api/v1/graph")"
 
+step "statusd checks health and scrapes metrics of every service that names them"
+# statusd (like the gateway and sonard) registers "answers_checks": false, so gates never
+# wait for it.
+STATUSD_PORT=$(free_port)
+start statusd "$BIN/services/statusd/statusd" --db "$WORK/statusd.db" --interval 1s \
+    --listen "127.0.0.1:$STATUSD_PORT"
+wait_for "statusd to see passing targets" 15 bash -c \
+    "curl -sf http://127.0.0.1:$STATUSD_PORT/metrics | grep -q '^statusd_targets{status=\"passing\"} [1-9]'"
+curl -s "http://127.0.0.1:$STATUSD_PORT/metrics" | grep -E '^statusd_(targets\{|samples_stored)' | sed 's/^/   /'
+
 step "a customer orders a cheese toastie from jafflr (which picks from chillybin)"
 say "stock before: $(curl -s "http://127.0.0.1:$CHILLY_PORT/")"
 say "GET /toastie?i=cheese → $(curl -s "http://127.0.0.1:$JAFFLR_PORT/toastie?i=cheese")"

@@ -148,12 +148,16 @@ static void show(watch *w, natsMsg *msg, int tag)
     sonar_cli_event ev = sonar_cli_event_kind(subject);
     char why[512] = "";
     json_t *v = sonar_cli_parse_object(data, len);
+    /* Each line leaves at once, invalid ones too: a reader (a pipe, a
+     * file, a test) must not wait for the next valid event to see it. */
     if (v == NULL) {
         sonar_cli_print_invalid(stdout, w->json, subject, sonar_cli_last_error(), now);
+        fflush(stdout);
         return;
     }
     if (!valid_event(ev, subject, data, len, v, why, sizeof why)) {
         sonar_cli_print_invalid(stdout, w->json, subject, why, now);
+        fflush(stdout);
         json_decref(v);
         return;
     }

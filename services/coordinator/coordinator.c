@@ -683,18 +683,8 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = subscribe(c, &c->sub_report, SONAR_SUBJ_REPORT_PREFIX "*", on_report);
     if (s == SONAR_OK)
         s = sonar_service_start(c->svc); /* flushes our subscriptions too */
-    if (s == SONAR_OK) {
-        char *discover = NULL;
-        s = sonar_discover_encode(&discover);
-        if (s == SONAR_OK) {
-            natsStatus ns = natsConnection_PublishString(c->nc, SONAR_SUBJ_DISCOVER, discover);
-            if (ns == NATS_OK)
-                ns = natsConnection_FlushTimeout(c->nc, 5000);
-            if (ns != NATS_OK)
-                s = sonar_bus_status(ns, "publishing sonar.discover");
-        }
-        free(discover);
-    }
+    if (s == SONAR_OK)
+        s = sonar_bus_discover(c->bus);
     if (s != SONAR_OK) {
         sonar_status keep = s;
         char why[1024];

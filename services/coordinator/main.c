@@ -1,5 +1,4 @@
 /* sonard — the sonar coordinator. See docs/coordinator.md. */
-#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -40,20 +39,9 @@ static void usage(FILE *to)
         "NATS_CERT, NATS_KEY. SIGINT or SIGTERM stop it gracefully.\n");
 }
 
-/* Durations as sonar_parse_duration_ms() plus whole days ("30d"). */
+/* A positive duration ("500ms", "10s", "2m", "12h", "30d"). */
 static bool parse_duration(const char *text, int64_t *out)
 {
-    size_t n = strlen(text);
-    if (n >= 2 && text[n - 1] == 'd') {
-        char *end;
-        errno = 0;
-        long long days = strtoll(text, &end, 10);
-        if (errno == 0 && end == text + n - 1 && days > 0 && days <= 36500) {
-            *out = (int64_t)days * 24 * 3600 * 1000;
-            return true;
-        }
-        return false;
-    }
     return sonar_parse_duration_ms(text, out) == SONAR_OK && *out > 0;
 }
 

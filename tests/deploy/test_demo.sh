@@ -17,7 +17,7 @@ has() { grep -qF -- "$1" "$out"; }
 # stock of one ingredient in a chillybin "GET /" line
 stock_of() { grep -F "$1" "$out" | head -n 1 | python3 -c 'import json,sys,re; l=sys.stdin.read(); print(json.loads(l[l.index("{"):])["stock"]["cheese"])'; }
 
-echo "1..9"
+echo "1..10"
 check "the demo exits 0 (every expected gate outcome happened)" test "$rc" -eq 0
 check "compatible chillybin v2 candidate: promoted" has "gate: PROMOTE chillybin 2.0.0"
 check "breaking chillybin candidate: aborted" has "gate: ABORT chillybin 3.0.0"
@@ -30,5 +30,7 @@ check "aquifers learned of all five wells, none twice" \
     grep -qE '"wells":5,"duplicate_events":0' "$out"
 check "a well for an unknown aquifer is refused" has 'unknown aquifer "atlantis"'
 check "the wells candidate passed aquifers' checks" has "gate: PROMOTE wells 1.1.0"
+check "statusd checks the services that name a health endpoint" \
+    grep -qE '^ +statusd_targets\{status="passing"\} [1-9]' "$out"
 if [ $failed -ne 0 ]; then sed 's/^/# /' "$out"; fi
 exit $failed

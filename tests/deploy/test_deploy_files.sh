@@ -140,9 +140,9 @@ check "every service executable meson builds is in the image, and every file the
     done
     exit $bad' _ "$exes" "$src"
 
-check "every service in docker-compose.yml is one of nats, sonard, gateway, chillybin, jafflr, wells, aquifers, demo" bash -c '
+check "every service in docker-compose.yml is one of nats, sonard, statusd, gateway, chillybin, jafflr, wells, aquifers, demo" bash -c '
     got=$(sed -n "/^services:/,/^[a-z]/s/^  \([a-z0-9-]*\):$/\1/p" "$1/docker-compose.yml" | sort | tr "\n" " ")
-    [ "$got" = "aquifers chillybin demo gateway jafflr nats sonard wells " ] || { echo "services: $got"; exit 1; }' _ "$src"
+    [ "$got" = "aquifers chillybin demo gateway jafflr nats sonard statusd wells " ] || { echo "services: $got"; exit 1; }' _ "$src"
 
 check "kustomization resources exist and nats.conf in the ConfigMap is deploy/nats.conf" bash -c '
     src=$1 bad=0

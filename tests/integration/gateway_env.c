@@ -253,6 +253,8 @@ void gw_env_stop(gw_env *e)
     char *err = e->gateway.pid > 0 ? test_proc_stderr(&e->gateway) : NULL;
     bool clean = err == NULL || (strstr(err, "Sanitizer") == NULL &&
                                  strstr(err, "runtime error:") == NULL);
+    for (size_t i = 0; i < 4; i++)
+        test_proc_finish(procs[i]);
     gw_env_statusd_stop(e);
     natsConnection_Destroy(e->nc);
     nats_Close();

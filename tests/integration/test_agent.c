@@ -146,7 +146,8 @@ Test(agent, registers_answers_checks_and_leaves)
     test_proc_signal(&agent, SIGTERM);
     cr_assert(test_proc_wait(&agent, 10000), "agent did not exit after SIGTERM");
     cr_assert_eq(test_proc_exit_code(&agent), 0, "%s", test_proc_stderr(&agent));
-    cr_assert(test_collector_wait(leaves, 1, 2000), "no leave message");
+    cr_assert(test_collector_wait(leaves, 1, 10000), "no leave message");
+    test_proc_finish(&agent);
     test_collector_destroy(regs);
     test_collector_destroy(leaves);
     test_collector_destroy(results);
@@ -176,6 +177,7 @@ Test(agent, invalid_tables_and_flags_exit_2)
         char *err = test_proc_stderr(&p);
         cr_expect(strstr(err, says[i]) != NULL, "case %zu: %s", i, err);
         free(err);
+        test_proc_finish(&p);
     }
     /* No bus: exit 3. */
     char url[64];
@@ -183,6 +185,7 @@ Test(agent, invalid_tables_and_flags_exit_2)
     const char *a6[] = {bin, "agent", "--checks", table_path, "--server", url, NULL};
     test_proc p;
     cr_expect_eq(test_proc_run(&p, dir, a6, NULL, 10000), 3);
+    test_proc_finish(&p);
 }
 
 Test(agent, its_result_appears_in_the_sonard_report)
@@ -246,4 +249,6 @@ Test(agent, its_result_appears_in_the_sonard_report)
     cr_assert_eq(test_proc_exit_code(&agent), 0);
     test_proc_signal(&sonard, SIGTERM);
     cr_assert(test_proc_wait(&sonard, 10000));
+    test_proc_finish(&agent);
+    test_proc_finish(&sonard);
 }

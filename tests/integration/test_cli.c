@@ -16,23 +16,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli_proc.h"
 #include "natsd.h"
+#include "proc.h"
 #include "sonar/sonar.h"
 
 static test_natsd natsd;
 static natsConnection *nc;
 static test_proc proc;
+static char dir[256]; /* the CLI's captured output */
+
+static void setup_dir(void)
+{
+    cr_assert(test_mkdtemp(dir, sizeof dir, "cli"));
+}
+
+static void teardown_dir(void)
+{
+    test_proc_finish(&proc);
+    test_rmtree(dir);
+}
 
 static void setup(void)
 {
+    setup_dir();
     cr_assert(test_natsd_start(&natsd), "nats-server did not start");
     cr_assert_eq(natsConnection_ConnectTo(&nc, natsd.url), NATS_OK);
 }
 
 static void teardown(void)
 {
-    test_proc_finish(&proc);
+    teardown_dir();
     natsConnection_Destroy(nc);
     nc = NULL;
     test_natsd_destroy(&natsd);
@@ -41,18 +54,18 @@ static void teardown(void)
 /* Runs `sonar <args...> --server <url>` to completion; returns the exit code. */
 static int cli(const char *server, const char *const *args)
 {
-    char *argv[32];
+    const char *argv[32];
     size_t n = 0;
-    argv[n++] = (char *)test_bin("SONAR_CLI_BIN");
+    argv[n++] = test_bin("SONAR_CLI_BIN");
     for (; *args && n < 28; args++)
-        argv[n++] = (char *)*args;
+        argv[n++] = *args;
     if (server) {
         argv[n++] = "--server";
-        argv[n++] = (char *)server;
+        argv[n++] = server;
     }
     argv[n] = NULL;
     test_proc_finish(&proc);
-    return test_proc_run(&proc, argv, 30000);
+    return test_proc_run(&proc, dir, argv, NULL, 30000);
 }
 
 /* stderr is exactly one line. */
@@ -241,10 +254,11 @@ Test(cli, announce_on_a_terminal_draws_a_live_progress_line, .init = setup, .fin
                                 {"menu", SONAR_PASS, "list", "", NULL}};
     scripted s = {.entries = entries, .n_entries = 2};
     scripted_start(&s, "chillybin");
-    char *argv[] = {(char *)test_bin("SONAR_CLI_BIN"), "announce", "chillybin", "--address",
-                    "http://x", "--version", "2", "--server", natsd.url, NULL};
-    cr_assert(test_proc_start_pty(&proc, argv));
-    int rc = test_proc_wait(&proc, 30000);
+    const char *argv[] = {test_bin("SONAR_CLI_BIN"), "announce", "chillybin", "--address",
+                          "http://x", "--version", "2", "--server", natsd.url, NULL};
+    cr_assert(test_proc_start_pty(&proc, argv, NULL));
+    cr_assert(test_proc_wait(&proc, 30000), "announce did not finish: %s", proc.out);
+    int rc = test_proc_exit_code(&proc);
     cr_assert_eq(rc, 1, "exit %d\n%s", rc, proc.out);
     /* The progress line is redrawn in place: carriage return + erase line. */
     cr_assert(strstr(proc.out, "\r\033[K") != NULL, "%s", proc.out);
@@ -372,7 +386,7 @@ Test(cli, announce_with_unreachable_bus_exits_3, .init = setup, .fini = teardown
     assert_one_line_reason();
 }
 
-Test(cli, announce_bad_arguments_exit_3_before_touching_the_bus)
+Test(cli, announce_bad_arguments_exit_3_before_touching_the_bus, .init = setup_dir, .fini = teardown_dir)
 {
     /* No server at all: every case must fail in argument checking. */
     const char *cases[][12] = {
@@ -402,7 +416,7 @@ Test(cli, announce_bad_arguments_exit_3_before_touching_the_bus)
     test_proc_finish(&proc);
 }
 
-Test(cli, other_commands_refuse_bad_arguments_with_exit_2)
+Test(cli, other_commands_refuse_bad_arguments_with_exit_2, .init = setup_dir, .fini = teardown_dir)
 {
     const char *cases[][6] = {
         {"services", "--bogus", NULL},
@@ -424,7 +438,7 @@ Test(cli, other_commands_refuse_bad_arguments_with_exit_2)
     test_proc_finish(&proc);
 }
 
-Test(cli, every_command_has_help)
+Test(cli, every_command_has_help, .init = setup_dir, .fini = teardown_dir)
 {
     const char *cmds[] = {"announce", "watch", "services", "report", "history", "graph"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
@@ -558,16 +572,16 @@ Test(cli, read_commands_refuse_a_reply_of_the_wrong_type, .init = setup, .fini =
 
 static void start_watch(const char *const *extra)
 {
-    char *argv[16];
+    const char *argv[16];
     size_t n = 0;
-    argv[n++] = (char *)test_bin("SONAR_CLI_BIN");
+    argv[n++] = test_bin("SONAR_CLI_BIN");
     argv[n++] = "watch";
     for (; extra && *extra; extra++)
-        argv[n++] = (char *)*extra;
+        argv[n++] = *extra;
     argv[n++] = "--server";
     argv[n++] = natsd.url;
     argv[n] = NULL;
-    cr_assert(test_proc_start(&proc, argv));
+    cr_assert(test_proc_start(&proc, dir, argv, NULL));
 }
 
 /* Waits until the watcher has subscribed (its "watching" line on stderr). */
@@ -634,8 +648,9 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
     cr_assert_eq(invalid, 1, "%s", proc.out);
     cr_assert_eq(leaves, 1);
 
-    kill(proc.pid, SIGTERM);
-    cr_assert_eq(test_proc_wait(&proc, 10000), 0, "watch exits 0 on SIGTERM: %s", proc.err);
+    test_proc_signal(&proc, SIGTERM);
+    cr_assert(test_proc_wait(&proc, 10000), "watch did not stop on SIGTERM: %s", proc.err);
+    cr_assert_eq(test_proc_exit_code(&proc), 0, "watch exits 0 on SIGTERM: %s", proc.err);
 }
 
 Test(cli, watch_filters_by_service_and_says_when_there_is_nothing_to_replay,
@@ -654,6 +669,7 @@ Test(cli, watch_filters_by_service_and_says_when_there_is_nothing_to_replay,
     free(mine);
     cr_assert(test_proc_wait_output(&proc, "register chillybin/c1 1.0.0", 10000), "%s", proc.out);
     cr_assert(strstr(proc.out, "orders/i1") == NULL, "filtered out: %s", proc.out);
-    kill(proc.pid, SIGINT);
-    cr_assert_eq(test_proc_wait(&proc, 10000), 0, "watch exits 0 on SIGINT: %s", proc.err);
+    test_proc_signal(&proc, SIGINT);
+    cr_assert(test_proc_wait(&proc, 10000), "watch did not stop on SIGINT: %s", proc.err);
+    cr_assert_eq(test_proc_exit_code(&proc), 0, "watch exits 0 on SIGINT: %s", proc.err);
 }

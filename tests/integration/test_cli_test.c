@@ -4,12 +4,10 @@
  * XML (parsed by a real XML parser, python3's minidom).
  */
 #include <criterion/criterion.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "httpd.h"
@@ -60,23 +58,11 @@ static char *slurp(const char *path)
 /* Runs argv (argv[0] looked up in PATH unless it has a '/'), capturing output. */
 static ran run(char *const argv[])
 {
-    char out[300], err[300];
-    snprintf(out, sizeof out, "%s/stdout", dir);
-    snprintf(err, sizeof err, "%s/stderr", dir);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    ran r = {.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
-             .out = slurp(out), .err = slurp(err)};
+    test_proc p;
+    int code = test_proc_run(&p, dir, (const char *const *)argv, NULL, 60000);
+    cr_assert_neq(code, -1, "%s did not finish: %s", argv[0], p.err ? p.err : "");
+    ran r = {.code = code, .out = strdup(p.out), .err = strdup(p.err)};
+    test_proc_finish(&p);
     return r;
 }
 
@@ -355,4 +341,6 @@ Test(cli_test, the_jafflr_table_passes_on_chillybin_v1_and_catches_nome)
     test_proc_signal(&nome, SIGTERM);
     cr_assert(test_proc_wait(&v1, 15000));
     cr_assert(test_proc_wait(&nome, 15000));
+    test_proc_finish(&v1);
+    test_proc_finish(&nome);
 }

@@ -3,63 +3,58 @@
  * services (tests/integration/fake_service.c, built on libsonar).
  */
 #include <criterion/criterion.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <jansson.h>
 #include <nats/nats.h>
 
+#include "fake_service.h"
 #include "natsd.h"
+#include "proc.h"
 
 #define MAX_PIDS 32
 
 static test_natsd nd;
 static char dir[256];
 static natsConnection *nc;
-static pid_t pids[MAX_PIDS];
+static test_proc procs[MAX_PIDS];
 static int n_pids;
 static pid_t sonard_pid;
 
-static pid_t spawn(const char *log_name, char *const argv[])
+/* Starts a process with its output in files under dir; killed by teardown. */
+static pid_t spawn(const char *const argv[])
 {
-    char log[400];
-    snprintf(log, sizeof log, "%s/%s.log", dir, log_name);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
     cr_assert_lt(n_pids, MAX_PIDS);
-    pids[n_pids++] = pid;
-    return pid;
+    test_proc *p = &procs[n_pids];
+    cr_assert(test_proc_start(p, dir, argv, NULL), "cannot start %s", argv[0]);
+    n_pids++;
+    return p->pid;
 }
 
-/* Sends `sig` and reaps the process. */
+/* The process started with `pid` (the newest, should a pid be reused). */
+static test_proc *proc_of(pid_t pid)
+{
+    for (int i = n_pids - 1; i >= 0; i--)
+        if (procs[i].pid == pid)
+            return &procs[i];
+    cr_assert_fail("pid %d was not started by this test", (int)pid);
+    return NULL;
+}
+
+/* Sends `sig` and, unless it is SIGSTOP, reaps the process. */
 static void stop_pid(pid_t pid, int sig)
 {
     if (pid <= 0)
         return;
-    kill(pid, sig);
+    test_proc *p = proc_of(pid);
+    test_proc_signal(p, sig);
     if (sig == SIGSTOP)
         return;
-    int status;
-    waitpid(pid, &status, 0);
-    for (int i = 0; i < n_pids; i++)
-        if (pids[i] == pid)
-            pids[i] = 0;
+    cr_assert(test_proc_wait(p, 30000), "pid %d did not stop on signal %d", (int)pid, sig);
 }
 
 /* Request/reply; returns the parsed body (new) or NULL on timeout. *out_msg keeps the message. */
@@ -114,10 +109,10 @@ static pid_t start_sonard(const char *db_name)
 {
     char db[400];
     snprintf(db, sizeof db, "%s/%s", dir, db_name);
-    char *argv[] = {(char *)test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
-                    "--default-timeout", "5s", NULL};
+    const char *argv[] = {test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
+                          "--default-timeout", "5s", NULL};
     int before = sonard_instances();
-    pid_t pid = spawn(db_name, argv);
+    pid_t pid = spawn(argv);
     /* Another sonard may answer the read API already: wait for this one itself. */
     cr_assert(TEST_WAIT_UNTIL(sonard_instances() > before, 10000), "sonard does not answer");
     cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000), "sonard does not answer");
@@ -127,31 +122,9 @@ static pid_t start_sonard(const char *db_name)
 static pid_t start_service(const char *name, const char *dep, const char *check,
                            const char *message, const char *heartbeat)
 {
-    char *argv[16];
-    int n = 0;
-    argv[n++] = (char *)test_bin("SONAR_FAKE_SERVICE_BIN");
-    argv[n++] = "--server";
-    argv[n++] = nd.url;
-    argv[n++] = "--name";
-    argv[n++] = (char *)name;
-    if (dep) {
-        argv[n++] = "--depends";
-        argv[n++] = (char *)dep;
-    }
-    if (check) {
-        argv[n++] = "--check";
-        argv[n++] = (char *)check;
-    }
-    if (message) {
-        argv[n++] = "--message";
-        argv[n++] = (char *)message;
-    }
-    if (heartbeat) {
-        argv[n++] = "--heartbeat";
-        argv[n++] = (char *)heartbeat;
-    }
-    argv[n] = NULL;
-    return spawn(name, argv);
+    const char *argv[16];
+    fake_service_argv(argv, nd.url, name, dep, check, message, heartbeat);
+    return spawn(argv);
 }
 
 /* The services document's entry for `name`, or NULL (borrowed from *doc). */
@@ -240,13 +213,8 @@ static void setup(void)
 
 static void teardown(void)
 {
-    for (int i = 0; i < n_pids; i++) {
-        if (pids[i] > 0) {
-            kill(pids[i], SIGCONT);
-            kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
-        }
-    }
+    for (int i = 0; i < n_pids; i++)
+        test_proc_finish(&procs[i]); /* SIGCONT, SIGKILL, reap */
     natsConnection_Destroy(nc);
     nats_Close();
     test_natsd_destroy(&nd);
@@ -496,29 +464,10 @@ static int total_reports(report_count *rc)
     return n;
 }
 
-/* How many coordinators answer $SRV.PING.sonard within 300 ms. */
-static int count_sonards(void)
-{
-    natsInbox *inbox;
-    natsSubscription *sub;
-    natsInbox_Create(&inbox);
-    natsConnection_SubscribeSync(&sub, nc, inbox);
-    natsConnection_PublishRequestString(nc, "$SRV.PING.sonard", inbox, "");
-    int n = 0;
-    natsMsg *m;
-    while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
-        n++;
-        natsMsg_Destroy(m);
-    }
-    natsSubscription_Destroy(sub);
-    natsInbox_Destroy(inbox);
-    return n;
-}
-
 Test(coordinator, two_coordinators_give_one_report_per_change)
 {
     start_sonard("second.db");
-    cr_assert(TEST_WAIT_UNTIL(count_sonards() == 2, 10000), "the second sonard is up");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is up");
     const char *names[] = {"alpha", "beta"};
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     start_service("beta", NULL, NULL, NULL, NULL);
@@ -736,8 +685,7 @@ Test(coordinator, garbage_on_every_subject_gets_errors_and_is_survived)
     json_t *r = announce("x", "after-garbage", 5000);
     cr_assert_str_eq(str(r, "verdict"), "pass");
     json_decref(r);
-    int status;
-    cr_assert_eq(waitpid(sonard_pid, &status, WNOHANG), 0, "sonard is still running");
+    cr_assert_not(test_proc_wait(proc_of(sonard_pid), 0), "sonard is still running");
 }
 
 Test(coordinator, sigterm_ends_running_gathers_and_stops_sonard_gracefully)
@@ -781,13 +729,9 @@ Test(coordinator, sigterm_ends_running_gathers_and_stops_sonard_gracefully)
     natsSubscription_Destroy(sub);
     natsInbox_Destroy(inbox);
     kill(frozen, SIGCONT);
-    int status = 0;
-    cr_assert(TEST_WAIT_UNTIL(waitpid(sonard_pid, &status, WNOHANG) == sonard_pid, 10000));
-    for (int i = 0; i < n_pids; i++)
-        if (pids[i] == sonard_pid)
-            pids[i] = 0;
-    cr_assert(WIFEXITED(status));
-    cr_assert_eq(WEXITSTATUS(status), 0);
+    test_proc *sonard = proc_of(sonard_pid);
+    cr_assert(test_proc_wait(sonard, 10000), "sonard did not stop");
+    cr_assert_eq(test_proc_exit_code(sonard), 0, "%s", sonard->err);
 }
 
 Test(coordinator, reports_past_the_retention_are_pruned)
@@ -795,9 +739,9 @@ Test(coordinator, reports_past_the_retention_are_pruned)
     stop_pid(sonard_pid, SIGTERM);
     char db[400];
     snprintf(db, sizeof db, "%s/short.db", dir);
-    char *argv[] = {(char *)test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
-                    "--retention", "1s", NULL};
-    spawn("short", argv);
+    const char *argv[] = {test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
+                          "--retention", "1s", NULL};
+    spawn(argv);
     cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000));
     json_t *r = announce("chillybin", "short-lived", 2000);
     cr_assert_str_eq(str(r, "type"), "sonar.report.v1");
@@ -815,48 +759,42 @@ Test(coordinator, reports_past_the_retention_are_pruned)
     json_decref(got);
 }
 
-/* Runs sonard with `args` to completion; returns its exit status. */
-static int run_sonard(char *const *args, int n)
+static char sonard_said[8192]; /* stdout then stderr of the last run_sonard */
+
+/* Runs sonard with `args` to completion; returns its exit status (-1 if it
+ * did not finish), its output in sonard_said. */
+static int run_sonard(const char *const *args, int n)
 {
-    char *argv[16];
-    argv[0] = (char *)test_bin("SONARD_BIN");
+    const char *argv[16];
+    argv[0] = test_bin("SONARD_BIN");
     for (int i = 0; i < n && i < 14; i++)
         argv[i + 1] = args[i];
     argv[n + 1] = NULL;
-    pid_t pid = spawn("flags", argv);
-    int status = 0;
-    cr_assert(TEST_WAIT_UNTIL(waitpid(pid, &status, WNOHANG) == pid, 15000));
-    for (int i = 0; i < n_pids; i++)
-        if (pids[i] == pid)
-            pids[i] = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    test_proc p;
+    int rc = test_proc_run(&p, dir, argv, NULL, 15000);
+    snprintf(sonard_said, sizeof sonard_said, "%s%s", p.out ? p.out : "", p.err ? p.err : "");
+    test_proc_finish(&p);
+    return rc;
 }
 
 Test(coordinator, flags_are_validated_with_clear_exit_codes)
 {
-    char *help[] = {"--help"};
+    const char *help[] = {"--help"};
     cr_assert_eq(run_sonard(help, 1), 0);
-    char *bad_retention[] = {"--retention", "forever"};
+    cr_assert(strstr(sonard_said, "usage: sonard") != NULL, "%s", sonard_said);
+    const char *bad_retention[] = {"--retention", "forever"};
     cr_assert_eq(run_sonard(bad_retention, 2), 2);
-    char *bad_timeout[] = {"--default-timeout", "11m"};
+    cr_assert(strstr(sonard_said, "--retention 'forever' is not a duration") != NULL, "%s",
+              sonard_said);
+    const char *bad_timeout[] = {"--default-timeout", "11m"};
     cr_assert_eq(run_sonard(bad_timeout, 2), 2);
-    char *bad_workers[] = {"--workers", "0"};
+    const char *bad_workers[] = {"--workers", "0"};
     cr_assert_eq(run_sonard(bad_workers, 2), 2);
-    char *unknown[] = {"--frobnicate"};
+    const char *unknown[] = {"--frobnicate"};
     cr_assert_eq(run_sonard(unknown, 1), 2);
-    char *extra[] = {"stray"};
+    const char *extra[] = {"stray"};
     cr_assert_eq(run_sonard(extra, 1), 2);
-    char *bad_db[] = {"--server", nd.url, "--db", "/nonexistent-dir/x/sonard.db"};
+    const char *bad_db[] = {"--server", nd.url, "--db", "/nonexistent-dir/x/sonard.db"};
     cr_assert_eq(run_sonard(bad_db, 4), 1, "a database that cannot be opened");
-    char log[400];
-    snprintf(log, sizeof log, "%s/flags.log", dir);
-    FILE *f = fopen(log, "r");
-    char buf[8192] = {0};
-    size_t got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f)
-        fclose(f);
-    cr_assert_gt(got, 0);
-    cr_assert(strstr(buf, "usage: sonard") != NULL);
-    cr_assert(strstr(buf, "--retention 'forever' is not a duration") != NULL, "%s", buf);
-    cr_assert(strstr(buf, "cannot open database") != NULL, "%s", buf);
+    cr_assert(strstr(sonard_said, "cannot open database") != NULL, "%s", sonard_said);
 }

@@ -60,6 +60,7 @@ Test(dashboard, shows_results_arriving_and_the_final_verdict, .timeout = 240)
     char *err = test_proc_stderr(&browser);
     if (!done)
         test_proc_kill(&browser);
+    test_proc_finish(&browser);
     gw_env_stop(&env);
     cr_assert(done, "chromium did not finish; stderr: %s", err);
     cr_assert_eq(test_proc_exit_code(&browser), 0, "stderr: %s", err);

@@ -26,6 +26,7 @@ static int run_gateway(const char *const *args, char **out, char **err)
     int rc = test_proc_run(&p, dir, argv, NULL, 10000);
     *out = test_proc_stdout(&p);
     *err = test_proc_stderr(&p);
+    test_proc_finish(&p);
     test_rmtree(dir);
     return rc;
 }

@@ -85,7 +85,8 @@ Test(hello, answers_checks_against_the_candidate_and_leaves_on_sigterm)
     test_proc_signal(&p, SIGTERM);
     cr_assert(test_proc_wait(&p, 10000), "hello did not exit on SIGTERM");
     cr_assert_eq(test_proc_exit_code(&p), 0);
-    cr_assert(test_collector_wait(leaves, 1, 3000), "hello did not leave the bus");
+    cr_assert(test_collector_wait(leaves, 1, 10000), "hello did not leave the bus");
+    test_proc_finish(&p);
 
     test_collector_destroy(regs);
     test_collector_destroy(leaves);
@@ -102,10 +103,12 @@ Test(hello, refuses_bad_flags_with_exit_2)
     char *err = test_proc_stderr(&p);
     cr_assert(strstr(err, "--depends-on") != NULL, "%s", err);
     free(err);
+    test_proc_finish(&p);
     const char *bad_name[] = {test_bin("SONAR_HELLO_BIN"), "--depends-on", "bad.name",
                               "--server", natsd.url, NULL};
     cr_assert_eq(test_proc_run(&p, dir, bad_name, NULL, 10000), 1);
     err = test_proc_stderr(&p);
     cr_assert(strstr(err, "bad.name") != NULL, "%s", err);
     free(err);
+    test_proc_finish(&p);
 }

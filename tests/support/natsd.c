@@ -82,9 +82,28 @@ static bool port_accepts(int port)
     return ok;
 }
 
+/* True once the log, from byte `from` on, says this server is ready: so a
+ * port that someone else took between test_free_port and our bind (another
+ * suite's server answering on it) is never mistaken for ours. */
+static bool log_says_ready(const test_natsd *d, off_t from)
+{
+    FILE *f = fopen(d->log, "r");
+    if (f == NULL)
+        return false;
+    bool ready = false;
+    char line[512];
+    if (fseeko(f, from, SEEK_SET) == 0)
+        while (!ready && fgets(line, sizeof line, f) != NULL)
+            ready = strstr(line, "Server is ready") != NULL;
+    fclose(f);
+    return ready;
+}
+
 static bool spawn(test_natsd *d)
 {
     char port[16], store[300];
+    struct stat st;
+    off_t log_start = stat(d->log, &st) == 0 ? st.st_size : 0; /* restarts append */
     snprintf(port, sizeof port, "%d", d->port);
     snprintf(store, sizeof store, "%s/js", d->dir);
     pid_t pid = fork();
@@ -114,7 +133,7 @@ static bool spawn(test_natsd *d)
             d->pid = 0;
             return false;
         }
-        if (port_accepts(d->port))
+        if (log_says_ready(d, log_start) && port_accepts(d->port))
             return true;
         test_pause_briefly();
     }

@@ -470,10 +470,11 @@ Test(checkrun, the_deadline_is_honoured_mid_sequence)
     const char *table = "{\"service\":\"a\",\"checks\":{\"b\":[{\"name\":\"c\",\"steps\":["
                         "{\"http\":{\"path\":\"/fast\"}},{\"http\":{\"path\":\"/slow\"}},"
                         "{\"http\":{\"path\":\"/after\"}}]},"
-                        "{\"name\":\"own timeout\",\"timeout_ms\":200,\"steps\":["
+                        "{\"name\":\"own timeout\",\"timeout_ms\":2000,\"steps\":["
                         "{\"http\":{\"path\":\"/fast\"}},{\"http\":{\"path\":\"/slow\"}}]}]}}";
+    /* Limits of 2 s: room for /fast on a loaded machine, far below /slow's 30 s. */
     sonar_checkrun_target target = {.address = test_httpd_url(srv),
-                                    .deadline_ms = sonar_now_ms() + 300};
+                                    .deadline_ms = sonar_now_ms() + 2000};
     sonar_checkrun_result r = run_case_at(table, "c", &target);
     cr_assert_not(r.passed);
     cr_assert(strncmp(r.message, "step 2 GET /slow: timed out after ", 34) == 0, "%s", r.message);

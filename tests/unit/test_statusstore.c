@@ -174,7 +174,14 @@ Test(statusstore, lists_a_services_checks_newest_first_with_a_limit)
     sonar_statusstore_checks_finish(&l);
     cr_assert_eq(sonar_statusstore_checks_for(s, "cheese", SONAR_STATUSSTORE_CHECKS_MAX + 1, &l),
                  SONAR_ERR_INVALID);
-    cr_assert_eq(sonar_statusstore_checks_for(s, NULL, 5, &l), SONAR_ERR_INVALID);
+    cr_assert_eq(sonar_statusstore_checks_for(s, "bad.name", 5, &l), SONAR_ERR_INVALID);
+    /* NULL: every service's checks, newest first */
+    cr_assert_eq(sonar_statusstore_checks_for(s, NULL, 2, &l), SONAR_OK);
+    cr_assert_eq(l.count, 2);
+    cr_assert_str_eq(l.items[0].service, "other");
+    cr_assert_str_eq(l.items[1].service, "cheese");
+    cr_assert_eq(l.items[1].at_ms, 1029);
+    sonar_statusstore_checks_finish(&l);
     sonar_statusstore_destroy(s);
 }
 

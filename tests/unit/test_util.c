@@ -50,6 +50,8 @@ Test(util, durations_parse_with_units)
     cr_assert_eq(ms, 120000);
     cr_assert_eq(sonar_parse_duration_ms("1h", &ms), SONAR_OK);
     cr_assert_eq(ms, 3600000);
+    cr_assert_eq(sonar_parse_duration_ms("30d", &ms), SONAR_OK);
+    cr_assert_eq(ms, 30LL * 86400000);
     cr_assert_eq(sonar_parse_duration_ms("1.5s", &ms), SONAR_OK);
     cr_assert_eq(ms, 1500);
     cr_assert_eq(sonar_parse_duration_ms("42", &ms), SONAR_OK);

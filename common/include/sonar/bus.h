@@ -72,6 +72,13 @@ natsConnection *sonar_bus_nats(sonar_bus *bus);
 /** \brief The URL actually connected to (borrowed), or "" when disconnected. */
 const char *sonar_bus_url(sonar_bus *bus);
 
+/**
+ * \brief Asks every joined service to re-publish its registration now:
+ *        publishes `sonar.discover` and flushes (at most 5 s). Coordinators
+ *        and collectors call it at start to rebuild their view at once.
+ */
+sonar_status sonar_bus_discover(sonar_bus *bus);
+
 /** \brief Flushes and closes the connection and frees the bus. Accepts NULL. */
 void sonar_bus_destroy(sonar_bus *bus);
 

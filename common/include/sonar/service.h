@@ -141,6 +141,13 @@ sonar_status sonar_request_respond_error(sonar_request *req, int code, const cha
     __attribute__((format(printf, 3, 4)));
 
 /**
+ * \brief Replies with \p doc encoded as compact JSON. Takes \p doc (the
+ *        reference is released in every case); a NULL \p doc or an encoding
+ *        failure is answered with a 500 error instead.
+ */
+sonar_status sonar_request_respond_json(sonar_request *req, json_t *doc);
+
+/**
  * An endpoint handler, run on an endpoint worker thread. If it returns
  * without replying, the service replies with an error (500) built from
  * the returned status and sonar_last_error().

@@ -151,7 +151,8 @@ sonar_status sonar_statusstore_latest(sonar_statusstore *store, const char *serv
                                       sonar_statusstore_checks *out);
 
 /**
- * \brief A service's checks, newest first.
+ * \brief A service's checks (every service's when \p service is NULL),
+ *        newest first.
  * \param limit 0: SONAR_STATUSSTORE_CHECKS_DEFAULT; more than
  *        SONAR_STATUSSTORE_CHECKS_MAX is SONAR_ERR_INVALID.
  * \param out filled on success (free with sonar_statusstore_checks_finish()).

@@ -55,7 +55,7 @@ void sonar_format_rfc3339(int64_t wall_ms, char *buf, size_t buflen);
 void sonar_random_id(char *buf);
 
 /**
- * \brief Parses a duration such as "10s", "500ms", "2m", "1h" or a bare
+ * \brief Parses a duration such as "10s", "500ms", "2m", "1h", "7d" or a bare
  *        number of milliseconds into \p out_ms (written only on success).
  * \return SONAR_OK, or SONAR_ERR_INVALID with a message naming the text.
  */
