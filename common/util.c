@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,30 @@ sonar_status sonar_parse_duration_ms(const char *text, int64_t *out_ms)
 char *sonar__strdup(const char *s)
 {
     return s ? strdup(s) : NULL;
+}
+
+static void stop_set(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+}
+
+void sonar_stop_signals_block(void)
+{
+    sigset_t set;
+    stop_set(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+int sonar_stop_signal_wait(void)
+{
+    sigset_t set;
+    stop_set(&set);
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0)
+        ;
+    return sig;
 }
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;

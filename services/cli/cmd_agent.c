@@ -5,7 +5,6 @@
  * table's cases, one sonar_check_fn per case, run against each announced
  * candidate with the request's deadline.
  */
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,12 +88,8 @@ int sonar_cmd_agent(int argc, char **argv)
                              sonar_last_error());
     sonar_log_set_name(sonar_checktable_service(table));
 
-    /* Stop signals go to sigwait below: block them before any thread starts. */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    /* Stop signals are taken below: block them before any thread starts. */
+    sonar_stop_signals_block();
 
     int rc = SONAR_CLI_EXIT_ERROR;
     sonar_bus *bus = NULL;
@@ -132,8 +127,7 @@ int sonar_cmd_agent(int argc, char **argv)
     printf("ready %s\n", sonar_service_instance(svc));
     fflush(stdout);
 
-    int sig = 0;
-    sigwait(&stop, &sig);
+    int sig = sonar_stop_signal_wait();
     sonar_log(SONAR_LOG_INFO, "signal %d: leaving the bus", sig);
     rc = SONAR_CLI_EXIT_OK;
 out:

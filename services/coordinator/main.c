@@ -1,6 +1,5 @@
 /* sonard — the sonar coordinator. See docs/coordinator.md. */
 #include <getopt.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,12 +124,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    /* Signals are taken by sigwait() below: block them before any thread starts. */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    /* Stop signals are taken below: block them before any thread starts. */
+    sonar_stop_signals_block();
 
     sonar_log_set_name("sonard");
     sonar_bus_config bc = {.urls = server, .name = "sonard"};
@@ -146,8 +141,7 @@ int main(int argc, char **argv)
         sonar_bus_destroy(bus);
         return 1;
     }
-    int sig = 0;
-    sigwait(&stop, &sig);
+    int sig = sonar_stop_signal_wait();
     sonar_log(SONAR_LOG_INFO, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     sonar_coordinator_stop(coord);
     sonar_bus_destroy(bus);

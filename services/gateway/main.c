@@ -111,12 +111,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    /* Signals are taken by sigwait() below: block them before any thread starts. */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    /* Stop signals are taken below: block them before any thread starts. */
+    sonar_stop_signals_block();
     signal(SIGPIPE, SIG_IGN);
 
     sonar_log_set_name("sonar-gateway");
@@ -137,8 +133,7 @@ int main(int argc, char **argv)
     printf("listening on %s\n", sonar_gateway_url(gw));
     fflush(stdout);
     sonar_log(SONAR_LOG_INFO, "listening on %s", sonar_gateway_url(gw));
-    int sig = 0;
-    sigwait(&stop, &sig);
+    int sig = sonar_stop_signal_wait();
     sonar_log(SONAR_LOG_INFO, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     sonar_gateway_stop(gw);
     sonar_bus_destroy(bus);

@@ -1,6 +1,5 @@
 /* statusd — health checks and metrics of sonar services. See docs/statusd.md. */
 #include <getopt.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,12 +174,8 @@ int main(int argc, char **argv)
     cfg.static_targets = specs;
     cfg.n_static_targets = n_specs;
 
-    /* Signals are taken by sigwait() below: block them before any thread starts. */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    /* Stop signals are taken below: block them before any thread starts. */
+    sonar_stop_signals_block();
 
     int rc = 1;
     sonar_log_set_name("statusd");
@@ -205,8 +200,7 @@ int main(int argc, char **argv)
         }
         sonar_log(SONAR_LOG_INFO, "serving /metrics on http://%s", listen);
     }
-    int sig = 0;
-    sigwait(&stop, &sig);
+    int sig = sonar_stop_signal_wait();
     sonar_log(SONAR_LOG_INFO, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     rc = 0;
 out:

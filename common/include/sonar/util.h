@@ -61,6 +61,19 @@ void sonar_random_id(char *buf);
  */
 sonar_status sonar_parse_duration_ms(const char *text, int64_t *out_ms);
 
+/**
+ * \brief Blocks SIGINT and SIGTERM in the calling thread, and so in every
+ *        thread it starts afterwards: call it first in main(), before any
+ *        library starts a thread, then wait with sonar_stop_signal_wait().
+ */
+void sonar_stop_signals_block(void);
+
+/**
+ * \brief Waits for SIGINT or SIGTERM (blocked by sonar_stop_signals_block())
+ *        and returns the signal's number.
+ */
+int sonar_stop_signal_wait(void);
+
 #ifdef __cplusplus
 }
 #endif

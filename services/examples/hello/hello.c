@@ -13,8 +13,6 @@
  *
  * Stops cleanly on SIGINT or SIGTERM (leaves the bus, exit 0).
  */
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,12 +92,8 @@ int main(int argc, char **argv)
     }
     sonar_log_set_name(opt.name);
 
-    /* Block the stop signals in every thread; the main thread waits for them. */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    /* Stop signals are taken below: block them before any thread starts. */
+    sonar_stop_signals_block();
 
     sonar_bus_config bus_cfg = {.urls = opt.server, .name = opt.name};
     sonar_bus_config_from_env(&bus_cfg);
@@ -126,8 +120,7 @@ int main(int argc, char **argv)
     printf("ready %s\n", sonar_service_instance(svc));
     fflush(stdout);
 
-    int sig = 0;
-    sigwait(&stop, &sig);
+    int sig = sonar_stop_signal_wait();
     sonar_log(SONAR_LOG_INFO, "signal %d: leaving the bus", sig);
     rc = 0;
 out:
