@@ -1,4 +1,5 @@
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <string.h>
 
 #include "sonar/sonar.h"
@@ -86,4 +87,13 @@ Test(util, status_strings_are_never_null)
     for (int s = SONAR_OK; s <= SONAR_ERR_LIMIT; s++)
         cr_assert_not_null(sonar_status_str((sonar_status)s));
     cr_assert_str_eq(sonar_status_str(SONAR_OK), "ok");
+}
+
+Test(util, a_blocked_stop_signal_is_waited_for_not_fatal)
+{
+    sonar_stop_signals_block();
+    raise(SIGTERM); /* pending, not delivered: the process survives */
+    cr_assert_eq(sonar_stop_signal_wait(), SIGTERM);
+    raise(SIGINT);
+    cr_assert_eq(sonar_stop_signal_wait(), SIGINT);
 }
