@@ -1,15 +1,18 @@
 /* A NATS connection configured the way sonar needs it. */
 #include "sonar/bus.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "bus_internal.h"
 #include "internal.h"
 #include "sonar/protocol.h"
 
 struct sonar_bus {
     natsConnection *nc;
+    natsOptions *direct_opts; /* same settings, no reconnect: sonar__bus_connect_direct() */
     char url[512];
 };
 
@@ -98,6 +101,66 @@ static void free_urls(char **urls)
     free(urls);
 }
 
+/*
+ * The options of a bus connection. `direct` builds those of the extra
+ * connections a module opens for itself (sonar__bus_connect_direct()): no
+ * reconnect -- so nats.c never buffers a publish during a reconnect to send
+ * it later, after the caller already retried what the old socket lost --
+ * and no SendAsap, so pipelined publishes are written in batches.
+ */
+static natsStatus build_options(natsOptions **out, const sonar_bus_config *cfg, char **list,
+                                int n_urls, bool direct)
+{
+    natsOptions *opts = NULL;
+    natsStatus s = natsOptions_Create(&opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetServers(opts, (const char **)list, n_urls);
+    if (s == NATS_OK && cfg->name) {
+        char name[256];
+        snprintf(name, sizeof name, "%s%s", cfg->name, direct ? " (direct)" : "");
+        s = natsOptions_SetName(opts, name);
+    }
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms
+                                                                     : 2000);
+    if (direct) {
+        if (s == NATS_OK)
+            s = natsOptions_SetAllowReconnect(opts, false);
+    } else {
+        /* Request and reply paths must not wait for the flusher thread (~1 ms vs ~0.2 ms). */
+        if (s == NATS_OK)
+            s = natsOptions_SetSendAsap(opts, true);
+        if (s == NATS_OK)
+            s = natsOptions_SetMaxReconnect(opts, -1);
+        if (s == NATS_OK)
+            s = natsOptions_SetReconnectWait(opts, 250);
+        if (s == NATS_OK)
+            s = natsOptions_SetReconnectJitter(opts, 100, 1000);
+        if (s == NATS_OK && cfg->retry_on_failed_connect)
+            s = natsOptions_SetRetryOnFailedConnect(opts, true, NULL, NULL);
+    }
+    if (s == NATS_OK && cfg->user)
+        s = natsOptions_SetUserInfo(opts, cfg->user, cfg->password ? cfg->password : "");
+    if (s == NATS_OK && cfg->token)
+        s = natsOptions_SetToken(opts, cfg->token);
+    if (s == NATS_OK && cfg->creds_file)
+        s = natsOptions_SetUserCredentialsFromFiles(opts, cfg->creds_file, NULL);
+    if (s == NATS_OK && cfg->nkey_seed_file)
+        s = natsOptions_SetNKeyFromSeed(opts, cfg->nkey_public, cfg->nkey_seed_file);
+    if (s == NATS_OK && (cfg->tls_ca || cfg->tls_cert))
+        s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && cfg->tls_ca)
+        s = natsOptions_LoadCATrustedCertificates(opts, cfg->tls_ca);
+    if (s == NATS_OK && cfg->tls_cert)
+        s = natsOptions_LoadCertificatesChain(opts, cfg->tls_cert, cfg->tls_key);
+    if (s != NATS_OK) {
+        natsOptions_Destroy(opts);
+        return s;
+    }
+    *out = opts;
+    return NATS_OK;
+}
+
 sonar_status sonar_bus_connect(sonar_bus **out, const sonar_bus_config *cfg_in)
 {
     sonar_bus_config cfg = {0};
@@ -130,38 +193,9 @@ sonar_status sonar_bus_connect(sonar_bus **out, const sonar_bus_config *cfg_in)
 
     sonar_bus *bus = calloc(1, sizeof *bus);
     natsOptions *opts = NULL;
-    natsStatus s = bus ? natsOptions_Create(&opts) : NATS_NO_MEMORY;
+    natsStatus s = bus ? build_options(&opts, &cfg, list, n_urls, false) : NATS_NO_MEMORY;
     if (s == NATS_OK)
-        s = natsOptions_SetServers(opts, (const char **)list, n_urls);
-    if (s == NATS_OK && cfg.name)
-        s = natsOptions_SetName(opts, cfg.name);
-    if (s == NATS_OK)
-        s = natsOptions_SetTimeout(opts, cfg.connect_timeout_ms > 0 ? cfg.connect_timeout_ms : 2000);
-    /* Request and reply paths must not wait for the flusher thread (~1 ms vs ~0.2 ms). */
-    if (s == NATS_OK)
-        s = natsOptions_SetSendAsap(opts, true);
-    if (s == NATS_OK)
-        s = natsOptions_SetMaxReconnect(opts, -1);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectWait(opts, 250);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectJitter(opts, 100, 1000);
-    if (s == NATS_OK && cfg.retry_on_failed_connect)
-        s = natsOptions_SetRetryOnFailedConnect(opts, true, NULL, NULL);
-    if (s == NATS_OK && cfg.user)
-        s = natsOptions_SetUserInfo(opts, cfg.user, cfg.password ? cfg.password : "");
-    if (s == NATS_OK && cfg.token)
-        s = natsOptions_SetToken(opts, cfg.token);
-    if (s == NATS_OK && cfg.creds_file)
-        s = natsOptions_SetUserCredentialsFromFiles(opts, cfg.creds_file, NULL);
-    if (s == NATS_OK && cfg.nkey_seed_file)
-        s = natsOptions_SetNKeyFromSeed(opts, cfg.nkey_public, cfg.nkey_seed_file);
-    if (s == NATS_OK && (cfg.tls_ca || cfg.tls_cert))
-        s = natsOptions_SetSecure(opts, true);
-    if (s == NATS_OK && cfg.tls_ca)
-        s = natsOptions_LoadCATrustedCertificates(opts, cfg.tls_ca);
-    if (s == NATS_OK && cfg.tls_cert)
-        s = natsOptions_LoadCertificatesChain(opts, cfg.tls_cert, cfg.tls_key);
+        s = build_options(&bus->direct_opts, &cfg, list, n_urls, true);
     if (s != NATS_OK) {
         st = sonar_bus_status(s, "configuring the NATS connection");
         if (st == SONAR_ERR_NATS)
@@ -185,8 +219,10 @@ sonar_status sonar_bus_connect(sonar_bus **out, const sonar_bus_config *cfg_in)
 fail:
     natsOptions_Destroy(opts);
     free_urls(list);
-    if (bus)
+    if (bus) {
         natsConnection_Destroy(bus->nc);
+        natsOptions_Destroy(bus->direct_opts);
+    }
     free(bus);
     return st;
 }
@@ -225,5 +261,18 @@ void sonar_bus_destroy(sonar_bus *bus)
         natsConnection_Close(bus->nc);
         natsConnection_Destroy(bus->nc);
     }
+    natsOptions_Destroy(bus->direct_opts);
     free(bus);
+}
+
+sonar_status sonar__bus_connect_direct(sonar_bus *bus, natsConnection **out)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_Connect(&nc, bus->direct_opts);
+    if (s != NATS_OK) {
+        natsConnection_Destroy(nc);
+        return sonar_bus_status(s, "opening a direct connection");
+    }
+    *out = nc;
+    return SONAR_OK;
 }

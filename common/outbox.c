@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bus_internal.h"
 #include "db_internal.h"
 #include "internal.h"
 #include "sonar/util.h"
@@ -414,8 +415,10 @@ typedef struct subject_state {
 } subject_state;
 
 struct sonar_outbox {
-    natsConnection *nc;
-    jsCtx *js;
+    sonar_bus *bus;            /* borrowed; the relay's connections come from it */
+    natsConnection *nc;        /* relay thread: its own direct connection, or NULL */
+    jsCtx *js;                 /* on nc */
+    bool warned_connect;       /* the last failed connect was logged */
     char *db_path;
     char *name;
     sonar_outbox_config cfg;
@@ -602,7 +605,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 
 static bool conn_up(sonar_outbox *ob)
 {
-    bool up = natsConnection_Status(ob->nc) == NATS_CONN_STATUS_CONNECTED;
+    bool up = ob->nc != NULL && natsConnection_Status(ob->nc) == NATS_CONN_STATUS_CONNECTED;
     pthread_mutex_lock(&ob->mu);
     ob->st.connected = up;
     pthread_mutex_unlock(&ob->mu);
@@ -783,7 +786,7 @@ static void publish_from(sonar_outbox *ob, size_t from)
 static void reclaim(sonar_outbox *ob)
 {
     natsMsgList pending = {0};
-    if (js_PublishAsyncGetPendingList(&pending, ob->js) == NATS_OK) {
+    if (ob->js != NULL && js_PublishAsyncGetPendingList(&pending, ob->js) == NATS_OK) {
         pthread_mutex_lock(&ob->mu);
         ob->inflight -= pending.Count;
         pthread_mutex_unlock(&ob->mu);
@@ -946,15 +949,21 @@ static void order_probe(sonar_outbox *ob, subject_state *ss, const slot *s)
 {
     if (ss == NULL)
         return;
-    if (s->id < ss->last_id && s->seq > ss->last_seq) {
+    /* Row order and stream order must agree: an earlier row stored after a
+     * later one, or (a duplicate's sequence is its first copy's) a later row
+     * stored before an earlier one. */
+    bool inverted = ss->last_id != 0 && s->id != ss->last_id &&
+                    (s->id < ss->last_id ? s->seq > ss->last_seq : s->seq < ss->last_seq);
+    if (inverted) {
         pthread_mutex_lock(&ob->mu);
         ob->st.order_anomalies++;
         pthread_mutex_unlock(&ob->mu);
         sonar_log(SONAR_LOG_ERROR,
                   "outbox %s: row %" PRId64 " on %s stored at sequence %" PRIu64
-                  " after row %" PRId64 " (sequence %" PRIu64 "): per-subject order broken",
+                  ", row %" PRId64 " at sequence %" PRIu64 ": per-subject order broken",
                   ob->name, s->id, s->subject, s->seq, ss->last_id, ss->last_seq);
-    } else if (s->id > ss->last_id) {
+    }
+    if (s->id > ss->last_id) {
         ss->last_id = s->id;
         ss->last_seq = s->seq;
     }
@@ -1288,6 +1297,58 @@ static void final_flush(sonar_outbox *ob)
                   sonar_last_error());
 }
 
+/* Drops the relay's connection (its window is empty: nothing in flight). */
+static void relay_disconnect(sonar_outbox *ob)
+{
+    if (ob->js) {
+        jsCtx_Destroy(ob->js);
+        ob->js = NULL;
+    }
+    if (ob->nc) {
+        natsConnection_Close(ob->nc);
+        natsConnection_Destroy(ob->nc);
+        ob->nc = NULL;
+    }
+}
+
+/*
+ * Opens the relay's own connection: one that never reconnects by itself
+ * (see sonar__bus_connect_direct()). With nats.c's reconnect, a publish made
+ * while the client notices the loss waits in the reconnect buffer and
+ * reaches the new server before the retry of an earlier row of its subject
+ * that the old socket lost -- a per-subject order break. Here such a
+ * publish fails; the relay drains its window and reconnects itself.
+ */
+static bool relay_connect(sonar_outbox *ob)
+{
+    natsConnection *nc = NULL;
+    if (sonar__bus_connect_direct(ob->bus, &nc) != SONAR_OK) {
+        if (!ob->warned_connect)
+            sonar_log(SONAR_LOG_WARN, "outbox %s: %s (retrying with back-off)", ob->name,
+                      sonar_last_error());
+        ob->warned_connect = true;
+        return false;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = ob->cfg.max_in_flight;
+    jo.PublishAsync.AckHandler = on_pub_ack;
+    jo.PublishAsync.AckHandlerClosure = ob;
+    natsStatus ns = natsConnection_JetStream(&ob->js, nc, &jo);
+    if (ns != NATS_OK) {
+        sonar_log(SONAR_LOG_WARN, "outbox %s: JetStream context: %s", ob->name,
+                  natsStatus_GetText(ns));
+        natsConnection_Destroy(nc);
+        ob->js = NULL;
+        return false;
+    }
+    ob->nc = nc;
+    if (ob->warned_connect)
+        sonar_log(SONAR_LOG_INFO, "outbox %s: connected again", ob->name);
+    ob->warned_connect = false;
+    return true;
+}
+
 static void *relay_main(void *arg)
 {
     sonar_outbox *ob = arg;
@@ -1298,6 +1359,11 @@ static void *relay_main(void *arg)
         prune(ob);
         bool up = conn_up(ob);
         if (!up && ob->n_slots == 0) {
+            relay_disconnect(ob);
+            if (relay_connect(ob)) {
+                ob->cursor = 0; /* a new pass from the oldest pending row */
+                continue;
+            }
             ob->backoff_ms = grow(ob->backoff_ms, ob->cfg.retry_min_ms, ob->cfg.retry_max_ms);
             pthread_mutex_lock(&ob->mu);
             ob->st.backoff_ms = ob->backoff_ms;
@@ -1351,6 +1417,7 @@ static void *relay_main(void *arg)
             refresh_pending(ob);
     }
     final_flush(ob);
+    relay_disconnect(ob);
     return NULL;
 }
 
@@ -1363,8 +1430,7 @@ static void outbox_free(sonar_outbox *ob)
     sqlite3_finalize(ob->st_dead_ins);
     sqlite3_finalize(ob->st_dead_del);
     sqlite3_close(ob->db);
-    if (ob->js)
-        jsCtx_Destroy(ob->js);
+    relay_disconnect(ob);
     if (ob->slots)
         window_drop(ob, ob->n_slots);
     free(ob->slots);
@@ -1408,11 +1474,11 @@ static sonar_status config_defaults(sonar_outbox_config *c)
     return SONAR_OK;
 }
 
-sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const char *db_path,
+sonar_status sonar_outbox_create(sonar_outbox **out, sonar_bus *bus, const char *db_path,
                                  const sonar_outbox_config *cfg)
 {
-    if (out == NULL || nc == NULL || db_path == NULL)
-        return sonar__fail(SONAR_ERR_INVALID, "outbox create: out, nc and db_path are required");
+    if (out == NULL || bus == NULL || db_path == NULL)
+        return sonar__fail(SONAR_ERR_INVALID, "outbox create: out, bus and db_path are required");
     sonar_outbox_config c = {0};
     if (cfg)
         c = *cfg;
@@ -1428,7 +1494,7 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&ob->cond, &ca);
     pthread_condattr_destroy(&ca);
-    ob->nc = nc;
+    ob->bus = bus;
     ob->cfg = c;
     ob->db_path = strdup(db_path);
     const char *base = strrchr(db_path, '/');
@@ -1481,17 +1547,6 @@ sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const c
                               &ob->st_dead_ins);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db, "DELETE FROM sonar_outbox WHERE id=?1", &ob->st_dead_del);
-    if (s == SONAR_OK) {
-        jsOptions jo;
-        jsOptions_Init(&jo);
-        jo.PublishAsync.MaxPending = c.max_in_flight;
-        jo.PublishAsync.AckHandler = on_pub_ack;
-        jo.PublishAsync.AckHandlerClosure = ob;
-        natsStatus ns = natsConnection_JetStream(&ob->js, nc, &jo);
-        if (ns != NATS_OK)
-            s = sonar__fail(SONAR_ERR_NATS, "outbox: JetStream context: %s",
-                            natsStatus_GetText(ns));
-    }
     if (s == SONAR_OK) {
         if (pthread_create(&ob->thread, NULL, relay_main, ob) != 0)
             s = sonar__fail(SONAR_ERR_NOMEM, "outbox: cannot start the relay thread");

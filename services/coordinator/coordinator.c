@@ -421,7 +421,7 @@ static void start_events(sonar_coordinator *c)
                   SONAR_EVENTS_STREAM, sonar_last_error());
         return;
     }
-    if (sonar_outbox_create(&c->outbox, c->nc, c->db_path, &oc) != SONAR_OK) {
+    if (sonar_outbox_create(&c->outbox, c->bus, c->db_path, &oc) != SONAR_OK) {
         sonar_log(SONAR_LOG_WARN, "outbox relay not started (%s): reports on core NATS only",
                   sonar_last_error());
         c->outbox = NULL;

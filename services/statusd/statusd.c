@@ -498,7 +498,7 @@ sonar_status statusd_start(statusd **out, sonar_bus *bus, const statusd_config *
     if (s == SONAR_OK) {
         ensure_stream(d);
         sonar_outbox_config oc = {.name = STATUSD_NAME};
-        s = sonar_outbox_create(&d->outbox, d->nc, d->db_path, &oc);
+        s = sonar_outbox_create(&d->outbox, d->bus, d->db_path, &oc);
     }
     if (s == SONAR_OK) {
         sonar_service_config sc = {

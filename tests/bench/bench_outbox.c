@@ -192,7 +192,7 @@ typedef struct result {
     double p50_ms, p99_ms;
 } result;
 
-static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *tag,
+static result run_outbox(sonar_bus *bus, natsConnection *subnc, const char *tag,
                          const char *sync, long n, int per_tx)
 {
     char path[320], subj[64], filter[64];
@@ -216,7 +216,7 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
     natsConnection_Flush(subnc);
     sonar_outbox *ob = NULL;
     sonar_outbox_config ocfg = {.max_in_flight = inflight()};
-    if (sonar_outbox_create(&ob, nc, path, &ocfg) != SONAR_OK) {
+    if (sonar_outbox_create(&ob, bus, path, &ocfg) != SONAR_OK) {
         fprintf(stderr, "outbox create: %s\n", sonar_last_error());
         exit(1);
     }
@@ -274,7 +274,7 @@ static result run_outbox(natsConnection *nc, natsConnection *subnc, const char *
 /* Relay drain rate: rows committed first (relay stopped), then the time
  * until every PubAck arrived. The relay alone, without a producer
  * competing for CPU and the write lock. */
-static double drain_rate(natsConnection *nc, long n)
+static double drain_rate(sonar_bus *bus, long n)
 {
     char path[320];
     snprintf(path, sizeof path, "%s/drain.db", dir);
@@ -290,7 +290,7 @@ static double drain_rate(natsConnection *nc, long n)
     sonar_outbox *ob = NULL;
     sonar_outbox_config ocfg = {.max_in_flight = inflight()};
     int64_t t0 = sonar_now_ns();
-    sonar_outbox_create(&ob, nc, path, &ocfg);
+    sonar_outbox_create(&ob, bus, path, &ocfg);
     sonar_outbox_stats st;
     do {
         poll(NULL, 0, 1);
@@ -312,14 +312,14 @@ static double cpu_s(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-static void idle_cpu(natsConnection *nc, double *pct, double *queries_per_s)
+static void idle_cpu(sonar_bus *bus, double *pct, double *queries_per_s)
 {
     char path[320];
     snprintf(path, sizeof path, "%s/idle.db", dir);
     sqlite3 *db = tu_db_open(path);
     sonar_outbox_migrate(db);
     sonar_outbox *ob = NULL;
-    sonar_outbox_create(&ob, nc, path, NULL);
+    sonar_outbox_create(&ob, bus, path, NULL);
     int64_t t0 = sonar_now_ns();
     while (sonar_now_ns() - t0 < 3000000000LL) /* let the idle back-off settle */
         poll(NULL, 0, 100);
@@ -345,6 +345,9 @@ int main(void)
     if (!test_natsd_start(&natsd) || !test_mkdtemp(dir, sizeof dir, "bench-outbox"))
         return 1;
     natsConnection *nc = tu_connect(natsd.url), *subnc = tu_connect(natsd.url);
+    sonar_bus *bus = tu_bus(natsd.url);
+    if (nc == NULL || subnc == NULL || bus == NULL)
+        return 1;
     const char *subjects[] = {"bench.>", "raw.>", NULL};
     sonar_stream_config scfg = {.name = "BENCH", .subjects = subjects};
     if (sonar_stream_ensure(nc, &scfg) != SONAR_OK) {
@@ -356,10 +359,10 @@ int main(void)
     double enq = enqueue_rate(scaled(50000), false);
     double enq_w = enqueue_rate(scaled(50000), true);
     double raw = raw_publish_rate(nc, scaled(100000));
-    double drain = drain_rate(nc, scaled(100000));
-    result batched = run_outbox(nc, subnc, "batched", "NORMAL", scaled(100000), 100);
-    result single = run_outbox(nc, subnc, "single", "NORMAL", scaled(50000), 1);
-    result full = run_outbox(nc, subnc, "full", "FULL", scaled(3000), 1);
+    double drain = drain_rate(bus, scaled(100000));
+    result batched = run_outbox(bus, subnc, "batched", "NORMAL", scaled(100000), 100);
+    result single = run_outbox(bus, subnc, "single", "NORMAL", scaled(50000), 1);
+    result full = run_outbox(bus, subnc, "full", "FULL", scaled(3000), 1);
     /* The raw baselines again, after everything else: the first phase of a
      * run tends to be slower (fresh process, files growing). The ratios use
      * the higher of the two measurements. */
@@ -371,7 +374,7 @@ int main(void)
     if (sq_full2 > sq_full)
         sq_full = sq_full2;
     double idle_pct = 0, idle_q = 0;
-    idle_cpu(nc, &idle_pct, &idle_q);
+    idle_cpu(bus, &idle_pct, &idle_q);
 
     printf("baseline  sqlite one-row tx, WAL, synchronous=NORMAL  %10.0f tx/s (first %.0f, last %.0f)\n",
            sq_normal, sq_normal_first, sq_normal2);
@@ -399,6 +402,7 @@ int main(void)
     printf("outbox    idle relay: %.3f%% of a core (whole process), %.2f SQLite queries/s\n",
            idle_pct, idle_q);
     natsConnection_Destroy(subnc);
+    sonar_bus_destroy(bus);
     natsConnection_Destroy(nc);
     test_natsd_destroy(&natsd);
     test_rmtree(dir);

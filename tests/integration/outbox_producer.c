@@ -70,12 +70,12 @@ int main(int argc, char **argv)
     sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO produced(k, next) VALUES (?1, ?2)", -1, &up,
                        NULL);
 
-    natsConnection *nc = tu_connect(url);
-    if (nc == NULL)
+    sonar_bus *bus = tu_bus(url);
+    if (bus == NULL)
         return 1;
     sonar_outbox *ob = NULL;
     sonar_outbox_config cfg = {.retry_max_ms = 1000, .ack_timeout_ms = 2000, .max_in_flight = 256};
-    if (sonar_outbox_create(&ob, nc, path, &cfg) != SONAR_OK)
+    if (sonar_outbox_create(&ob, bus, path, &cfg) != SONAR_OK)
         return fail("outbox create");
 
     int64_t t0 = sonar_now_ms();
@@ -129,7 +129,7 @@ int main(int argc, char **argv)
     sonar_outbox_destroy(ob);
     sqlite3_finalize(up);
     sqlite3_close(db);
-    natsConnection_Destroy(nc);
+    sonar_bus_destroy(bus);
     free(next);
     nats_Close();
     return 0;

@@ -27,6 +27,17 @@ natsConnection *tu_connect(const char *url)
     return nc;
 }
 
+sonar_bus *tu_bus(const char *url)
+{
+    sonar_bus *bus = NULL;
+    sonar_bus_config bc = {.urls = url, .retry_on_failed_connect = true};
+    if (sonar_bus_connect(&bus, &bc) != SONAR_OK) {
+        fprintf(stderr, "bus %s: %s\n", url, sonar_last_error());
+        return NULL;
+    }
+    return bus;
+}
+
 long tu_read_stream(natsConnection *nc, const char *stream, tu_msg **out)
 {
     jsCtx *js = NULL;

@@ -12,9 +12,15 @@
 #include <nats/nats.h>
 #include <sqlite3.h>
 
+#include "sonar/bus.h"
+
 /* Connects to url with unlimited reconnects (100 ms apart) and
  * retry-on-failed-connect. Returns NULL (message on stderr) on failure. */
 natsConnection *tu_connect(const char *url);
+
+/* A sonar bus on url (the outbox relay opens its connections from it),
+ * with retry-on-failed-connect. Returns NULL (message on stderr) on failure. */
+sonar_bus *tu_bus(const char *url);
 
 /* One stored message of a stream. */
 typedef struct tu_msg {

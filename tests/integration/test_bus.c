@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/bus_internal.h"
 #include "natsd.h"
 #include "sonar/sonar.h"
 
@@ -97,4 +98,42 @@ Test(bus, inconsistent_auth_options_are_refused_before_connecting)
     sonar_bus_config empty = {.urls = " , "};
     cr_assert_eq(sonar_bus_connect(&bus, &empty), SONAR_ERR_INVALID);
     cr_assert_null(bus);
+}
+
+/* The outbox relay publishes on a direct connection so that nothing it
+ * publishes while the client notices a loss can wait in nats.c's reconnect
+ * buffer and overtake, on the next connection, a retry of what the old
+ * socket lost. The bus connection itself does buffer (for contrast). */
+Test(bus, a_direct_connection_refuses_publishes_after_a_loss_instead_of_buffering_them)
+{
+    cr_assert(test_natsd_start(&natsd));
+    sonar_bus *bus = NULL;
+    sonar_bus_config bc = {.urls = natsd.url, .name = "direct-test"};
+    cr_assert_eq(sonar_bus_connect(&bus, &bc), SONAR_OK, "%s", sonar_last_error());
+    natsConnection *direct = NULL;
+    cr_assert_eq(sonar__bus_connect_direct(bus, &direct), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(natsConnection_PublishString(direct, "direct.a", "a"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(direct), NATS_OK);
+
+    test_natsd_stop(&natsd);
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(direct) == NATS_CONN_STATUS_CLOSED, 10000),
+              "the direct connection did not close (status %d)", natsConnection_Status(direct));
+    cr_assert_neq(natsConnection_PublishString(direct, "direct.b", "b"), NATS_OK,
+                  "a publish after the loss was accepted");
+    natsConnection *shared = sonar_bus_nats(bus);
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(shared) == NATS_CONN_STATUS_RECONNECTING,
+                              10000));
+    cr_assert_eq(natsConnection_PublishString(shared, "direct.c", "c"), NATS_OK,
+                 "the bus connection buffers while reconnecting");
+
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(shared) == NATS_CONN_STATUS_CONNECTED, 10000));
+    cr_assert_eq(natsConnection_Status(direct), NATS_CONN_STATUS_CLOSED,
+                 "the direct connection reconnected by itself");
+    natsConnection *again = NULL;
+    cr_assert_eq(sonar__bus_connect_direct(bus, &again), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(natsConnection_Status(again), NATS_CONN_STATUS_CONNECTED);
+    natsConnection_Destroy(again);
+    natsConnection_Destroy(direct);
+    sonar_bus_destroy(bus);
 }

@@ -20,6 +20,7 @@
 static test_natsd natsd;
 static char dir[256], db_path[300];
 static natsConnection *nc;
+static sonar_bus *bus; /* the outbox relays' settings */
 
 static void setup(void)
 {
@@ -28,12 +29,16 @@ static void setup(void)
     snprintf(db_path, sizeof db_path, "%s/service.db", dir);
     nc = tu_connect(natsd.url);
     cr_assert_not_null(nc);
+    bus = tu_bus(natsd.url);
+    cr_assert_not_null(bus);
 }
 
 static void teardown(void)
 {
     natsConnection_Destroy(nc);
     nc = NULL;
+    sonar_bus_destroy(bus);
+    bus = NULL;
     test_natsd_destroy(&natsd);
     test_rmtree(dir);
     nats_Close();
@@ -124,6 +129,20 @@ static void assert_stream_exact(long total)
     free(msgs);
 }
 
+/* Restarts nats-server, waits for the producer to publish everything and
+ * exit 0; returns the retries it reported (no order anomaly asserted). */
+static long restart_and_finish(pid_t pid)
+{
+    int status = 0;
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(exited(pid, &status), 120000), "producer did not finish");
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "producer failed (%d)", status);
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    long pub = 0, dups = 0, retries = 0;
+    producer_report(&pub, &dups, &retries);
+    return retries;
+}
+
 TestSuite(outbox, .init = setup, .fini = teardown, .timeout = 240);
 
 Test(outbox, producer_killed_mid_burst_publishes_each_committed_event_once_in_order)
@@ -162,16 +181,14 @@ Test(outbox, nats_server_down_for_seconds_mid_burst_loses_and_doubles_nothing)
     /* Producers keep committing while NATS is down; keep it down >= 3 s. */
     cr_assert(TEST_WAIT_UNTIL(committed() >= 3000 && test_now_ms() - down_at >= 3000, 30000));
     cr_assert(!exited(pid, &status), "producer gave up while NATS was down");
-    cr_assert(test_natsd_restart(&natsd));
-    cr_assert(TEST_WAIT_UNTIL(exited(pid, &status), 120000), "producer did not finish");
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "producer failed (%d)", status);
-    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
-    long pub = 0, dups = 0, retries = 0;
-    producer_report(&pub, &dups, &retries);
+    restart_and_finish(pid);
     assert_stream_exact(total);
 }
 
-Test(outbox, nats_server_sigkilled_with_a_full_window_in_flight_loses_and_doubles_nothing)
+/* The kill lands while the relay publishes flat out: publishes race with
+ * the moment the client notices the loss (what once broke per-subject order
+ * through nats.c's reconnect buffer, see docs/outbox.md). */
+Test(outbox, nats_server_sigkilled_while_the_relay_publishes_loses_doubles_and_reorders_nothing)
 {
     ensure_stream("EV", "ev.>");
     const long total = 20000;
@@ -181,12 +198,37 @@ Test(outbox, nats_server_sigkilled_with_a_full_window_in_flight_loses_and_double
     kill(natsd.pid, SIGKILL);
     int64_t down_at = test_now_ms();
     TEST_WAIT_UNTIL(test_now_ms() - down_at >= 1500, 3000);
-    cr_assert(test_natsd_restart(&natsd));
-    cr_assert(TEST_WAIT_UNTIL(exited(pid, &status), 120000), "producer did not finish");
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "producer failed (%d)", status);
-    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
-    long pub = 0, dups = 0, retries = 0;
-    producer_report(&pub, &dups, &retries);
+    restart_and_finish(pid);
+    assert_stream_exact(total);
+}
+
+/* nats-server frozen (SIGSTOP): the relay fills its window (256) with
+ * publishes nobody answers; then killed and restarted. Every one of them is
+ * retried, in order, and stored once. */
+Test(outbox, nats_server_killed_with_a_full_window_unanswered_loses_and_doubles_nothing)
+{
+    ensure_stream("EV", "ev.>");
+    const long total = 6000;
+    pid_t pid = spawn_producer(total, 0);
+    int status = 0;
+    /* The relay is connected and publishing. */
+    cr_assert(TEST_WAIT_UNTIL(tu_db_int(db_path,
+                                        "SELECT CAST(value AS INTEGER) FROM sonar_outbox_meta"
+                                        " WHERE key = 'published'",
+                                        0) >= 500 ||
+                                  exited(pid, &status),
+                              30000));
+    cr_assert(!exited(pid, &status), "the producer finished before the freeze");
+    kill(natsd.pid, SIGSTOP);
+    /* Rows pile up behind the full window: more pending than it holds. */
+    bool piled = TEST_WAIT_UNTIL(
+        tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox WHERE subject <> ''", 0) >= 1000 ||
+            exited(pid, &status),
+        30000);
+    kill(natsd.pid, SIGKILL);
+    cr_assert(piled, "pending rows did not pile up while nats-server was frozen");
+    long retries = restart_and_finish(pid);
+    cr_assert_geq(retries, 1, "no publish was in flight when nats-server died");
     assert_stream_exact(total);
 }
 
@@ -216,7 +258,7 @@ Test(outbox, rolled_back_transaction_publishes_nothing)
     ensure_stream("EV", "ev.>");
     sqlite3 *db = migrated_db();
     sonar_outbox *ob = NULL;
-    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
     sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
     enqueue(db, "ev.rolled", "never", 5, NULL);
     enqueue(db, "ev.rolled", "never2", 6, NULL);
@@ -242,7 +284,7 @@ Test(outbox, writer_rolled_back_publishes_nothing_and_committed_rows_flow)
     ensure_stream("EV", "ev.>");
     sqlite3 *db = migrated_db();
     sonar_outbox *ob = NULL;
-    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
     sonar_outbox_writer *w = NULL;
     cr_assert_eq(sonar_outbox_writer_create(&w, db), SONAR_OK, "%s", sonar_last_error());
     sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
@@ -284,7 +326,7 @@ Test(outbox, row_ids_stay_unique_after_the_relay_emptied_the_table)
     sqlite3 *db = migrated_db();
     sonar_outbox *ob = NULL;
     sonar_outbox_config cfg = {.retention_ms = 200}; /* also exercise prune of the sent table */
-    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
     int64_t ids[3] = {0};
     const char *data[3] = {"first", "second", "third"};
     for (int i = 0; i < 3; i++) {
@@ -331,7 +373,7 @@ Test(outbox, poison_rows_go_to_dead_letter_without_stalling_other_subjects_and_c
     sonar_outbox *ob = NULL;
     sonar_outbox_config cfg = {.no_stream_grace_ms = 6000, .retry_min_ms = 50,
                                .retry_max_ms = 200};
-    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
     /* Good rows flow while the no-stream row is still in its grace period. */
     cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 3, 5000), "other subjects stalled");
     cr_assert_leq(stats_of(ob).dead, 1, "the no-stream row died before its grace period");
@@ -391,7 +433,7 @@ Test(outbox, retention_keeps_sent_rows_then_prunes_them)
         enqueue(db, "ev.r", "r", 1, NULL);
     sonar_outbox *ob = NULL;
     sonar_outbox_config cfg = {.retention_ms = 1500};
-    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
     cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 20, 10000));
     sonar_outbox_db_status ds;
     cr_assert_eq(sonar_outbox_db_status_read(&ds, db_path), SONAR_OK);
@@ -407,7 +449,7 @@ Test(outbox, idle_relay_makes_at_most_a_few_queries_per_second)
 {
     sqlite3 *db = migrated_db();
     sonar_outbox *ob = NULL;
-    cr_assert_eq(sonar_outbox_create(&ob, nc, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, NULL), SONAR_OK, "%s", sonar_last_error());
     int64_t t0 = test_now_ms();
     /* Let the idle back-off settle, then count over a 4 s window. */
     TEST_WAIT_UNTIL(test_now_ms() - t0 >= 2500, 5000);
@@ -444,15 +486,15 @@ Test(outbox, figures_appear_as_endpoint_data_in_srv_stats)
 {
     ensure_stream("EV", "ev.>");
     sqlite3 *db = migrated_db();
-    sonar_bus *bus = NULL;
+    sonar_bus *svc_bus = NULL;
     sonar_bus_config bc = {.urls = natsd.url, .name = "orders"};
-    cr_assert_eq(sonar_bus_connect(&bus, &bc), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_bus_connect(&svc_bus, &bc), SONAR_OK, "%s", sonar_last_error());
     sonar_outbox *ob = NULL;
-    cr_assert_eq(sonar_outbox_create(&ob, sonar_bus_nats(bus), db_path, NULL), SONAR_OK, "%s",
+    cr_assert_eq(sonar_outbox_create(&ob, svc_bus, db_path, NULL), SONAR_OK, "%s",
                  sonar_last_error());
     sonar_service_config sc = {.name = "orders", .version = "1.0.0", .instance = "o1"};
     sonar_service *svc = NULL;
-    cr_assert_eq(sonar_service_create(&svc, bus, &sc), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_service_create(&svc, svc_bus, &sc), SONAR_OK, "%s", sonar_last_error());
     cr_assert_eq(sonar_service_add_endpoint(svc, "events", "orders.events", NULL,
                                             events_endpoint, NULL), SONAR_OK);
     cr_assert_eq(sonar_service_set_endpoint_stats(svc, "events", outbox_stats_supplier, ob),
@@ -486,6 +528,6 @@ Test(outbox, figures_appear_as_endpoint_data_in_srv_stats)
     natsMsg_Destroy(reply);
     sonar_service_destroy(svc);
     sonar_outbox_destroy(ob);
-    sonar_bus_destroy(bus);
+    sonar_bus_destroy(svc_bus);
     sqlite3_close(db);
 }

@@ -342,8 +342,8 @@ Test(outbox, relay_create_refuses_bad_config)
 {
     sonar_outbox *ob = NULL;
     sonar_outbox_config cfg = {.max_in_flight = -1};
-    /* The config is checked before anything touches the connection. */
-    natsConnection *fake = (natsConnection *)(void *)&cfg;
+    /* The config is checked before anything touches the bus. */
+    sonar_bus *fake = (sonar_bus *)(void *)&cfg;
     cr_assert_eq(sonar_outbox_create(&ob, fake, path, &cfg), SONAR_ERR_INVALID);
     sonar_outbox_config cfg2 = {.idle_min_ms = 500, .idle_max_ms = 100};
     cr_assert_eq(sonar_outbox_create(&ob, fake, path, &cfg2), SONAR_ERR_INVALID);

@@ -35,6 +35,7 @@
 #include <nats/nats.h>
 #include <sqlite3.h>
 
+#include "sonar/bus.h"
 #include "sonar/status.h"
 
 #ifdef __cplusplus
@@ -154,14 +155,19 @@ typedef struct sonar_outbox sonar_outbox;
 /**
  * \brief Starts a relay thread for the outbox in the SQLite file \p db_path.
  * \param out new relay, written on success; free with sonar_outbox_destroy().
- * \param nc borrowed NATS connection; must stay open until destroy returns.
- *        Give it unlimited reconnects: the relay waits while it reconnects.
+ * \param bus borrowed; must outlive the relay. The relay publishes on its
+ *        own connection opened with the bus's settings, one that does not
+ *        reconnect by itself: after a loss the relay lets its window drain
+ *        and connects again with back-off. (nats.c's reconnect buffer would
+ *        otherwise deliver a publish made during the loss before the retry
+ *        of an earlier row of the same subject.) NATS may be down at
+ *        create: the relay connects when it can.
  * \param db_path the database file (already migrated); copied.
  * \param cfg may be NULL (all defaults); copied.
  * \return SONAR_OK; SONAR_ERR_INVALID (bad config); SONAR_ERR_DB (cannot
- *         open the file, or not migrated); SONAR_ERR_NATS; SONAR_ERR_NOMEM.
+ *         open the file, or not migrated); SONAR_ERR_NOMEM.
  */
-sonar_status sonar_outbox_create(sonar_outbox **out, natsConnection *nc, const char *db_path,
+sonar_status sonar_outbox_create(sonar_outbox **out, sonar_bus *bus, const char *db_path,
                                  const sonar_outbox_config *cfg);
 
 /**

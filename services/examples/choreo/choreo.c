@@ -329,7 +329,7 @@ int choreo_run(choreo_app *app)
     sonar_service_config cfg = { .name = app->name, .version = app->version,
                                  .address = app->address, .description = app->description };
     if (choreo_streams_ensure(nc) != SONAR_OK ||
-        sonar_outbox_create(&app->outbox, nc, app->db_path, &ob_cfg) != SONAR_OK ||
+        sonar_outbox_create(&app->outbox, app->bus, app->db_path, &ob_cfg) != SONAR_OK ||
         sonar_inbox_create(&app->inbox, nc, app->db_path, &in_cfg, app->apply, app) != SONAR_OK ||
         sonar_service_create(&svc, app->bus, &cfg) != SONAR_OK ||
         app->setup(app, svc) != SONAR_OK || sonar_service_start(svc) != SONAR_OK)
