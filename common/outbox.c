@@ -896,7 +896,19 @@ static verdict classify(sonar_outbox *ob, const slot *s, subject_state *ss, int6
     return V_RETRY_ALL; /* timeouts, connection errors */
 }
 
-/* A confirmed row: copied to sonar_outbox_sent when retained, then deleted. */
+/* Deletes the pending rows lo..hi (all confirmed). */
+static sonar_status delete_range(sonar_outbox *ob, int64_t lo, int64_t hi)
+{
+    sqlite3_reset(ob->st_delete);
+    sqlite3_bind_int64(ob->st_delete, 1, lo);
+    sqlite3_bind_int64(ob->st_delete, 2, hi);
+    int rc = sqlite3_step(ob->st_delete);
+    sqlite3_reset(ob->st_delete);
+    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: deleting sent rows");
+}
+
+/* A confirmed row: copied to sonar_outbox_sent when retained, then deleted.
+ * (Without retention settle_prefix() deletes runs of ids at once.) */
 static sonar_status step_done(sonar_outbox *ob, const slot *s, int64_t wall)
 {
     int rc = SQLITE_DONE;
@@ -909,13 +921,9 @@ static sonar_status step_done(sonar_outbox *ob, const slot *s, int64_t wall)
         rc = sqlite3_step(st);
         sqlite3_reset(st);
     }
-    if (rc == SQLITE_DONE) {
-        sqlite3_reset(ob->st_delete);
-        sqlite3_bind_int64(ob->st_delete, 1, s->id);
-        rc = sqlite3_step(ob->st_delete);
-        sqlite3_reset(ob->st_delete);
-    }
-    return rc == SQLITE_DONE ? SONAR_OK : sonar__db_fail(ob->db, "outbox: recording a sent row");
+    if (rc == SQLITE_DONE)
+        return delete_range(ob, s->id, s->id);
+    return sonar__db_fail(ob->db, "outbox: recording a sent row");
 }
 
 static sonar_status step_dead(sonar_outbox *ob, const slot *s, const char *why, int64_t wall)
@@ -980,6 +988,9 @@ static sonar_status settle_prefix(sonar_outbox *ob, size_t k)
     count_query(ob);
     if (s != SONAR_OK)
         return s;
+    /* Without retention, confirmed rows with consecutive ids go in one
+     * DELETE: no other row can hold an id between them. */
+    int64_t run_lo = 0, run_hi = -1;
     for (size_t i = ob->head; i < ob->head + k && s == SONAR_OK; i++) {
         slot *sl = &ob->slots[i];
         if (sl->state == SLOT_IDLE)
@@ -993,7 +1004,15 @@ static sonar_status settle_prefix(sonar_outbox *ob, size_t k)
         count_query(ob);
         switch (v) {
         case V_DONE:
-            s = step_done(ob, sl, wall);
+            if (ob->cfg.retention_ms > 0) {
+                s = step_done(ob, sl, wall);
+            } else if (run_hi >= run_lo && sl->id == run_hi + 1) {
+                run_hi = sl->id;
+            } else {
+                if (run_hi >= run_lo)
+                    s = delete_range(ob, run_lo, run_hi);
+                run_lo = run_hi = sl->id;
+            }
             n_ok++;
             n_dup += sl->duplicate;
             order_probe(ob, ss, sl);
@@ -1031,6 +1050,8 @@ static sonar_status settle_prefix(sonar_outbox *ob, size_t k)
             break;
         }
     }
+    if (s == SONAR_OK && run_hi >= run_lo)
+        s = delete_range(ob, run_lo, run_hi);
     if (s == SONAR_OK && (n_ok || n_retry || n_dead)) {
         char sql[256];
         snprintf(sql, sizeof sql,
@@ -1352,6 +1373,9 @@ static bool relay_connect(sonar_outbox *ob)
 static void *relay_main(void *arg)
 {
     sonar_outbox *ob = arg;
+    /* For top -H, perf and gdb; the threads nats.c starts for the relay's
+     * connection (started from here) inherit the name. */
+    pthread_setname_np(pthread_self(), "sonar-outbox");
     warn_beyond_window(ob);
     refresh_pending(ob);
     ob->idle_ms = ob->cfg.idle_min_ms;
@@ -1526,7 +1550,8 @@ sonar_status sonar_outbox_create(sonar_outbox **out, sonar_bus *bus, const char 
                               " (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
                               &ob->st_select);
     if (s == SONAR_OK)
-        s = sonar__db_prepare(ob->db, "DELETE FROM sonar_outbox WHERE id=?1", &ob->st_delete);
+        s = sonar__db_prepare(ob->db, "DELETE FROM sonar_outbox WHERE id BETWEEN ?1 AND ?2",
+                              &ob->st_delete);
     if (s == SONAR_OK)
         s = sonar__db_prepare(ob->db,
                               "INSERT OR REPLACE INTO sonar_outbox_sent(id, subject, payload,"
