@@ -13,6 +13,11 @@
  * The raw baseline publishes the same check request itself and waits for
  * the N answers on `sonar.result.<id>.*`; the sonard path sends
  * `sonar.change.bench` and waits for the report. Iterations alternate.
+ * A third measurement, also alternated, is a bare request/reply from the
+ * same client to a responder that answers at once: the round trip that any
+ * coordinator answering a request adds to the raw scatter-gather. The
+ * "floor" column is (raw + round trip) / raw, the best ratio a coordinator
+ * could reach; "over floor" is what sonard adds beyond it.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -43,6 +48,7 @@ static char dir[256];
 static responder resp[MAX_RESPONDERS];
 static int n_resp;
 static natsConnection *client;
+static natsConnection *echo_nc; /* answers bench.echo at once */
 
 static void die(const char *what)
 {
@@ -228,6 +234,27 @@ static int64_t sonard_once(int n, int iter)
     return took;
 }
 
+static void on_echo(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    natsConnection_PublishString(nc, natsMsg_GetReply(msg), "{}");
+    natsMsg_Destroy(msg);
+}
+
+static int64_t rtt_once(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns0 = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    natsMsg *m = NULL;
+    if (natsConnection_RequestString(&m, client, "bench.echo", "{}", 5000) != NATS_OK)
+        die("echo: no reply");
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    natsMsg_Destroy(m);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - ns0;
+}
+
 static int cmp64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -280,6 +307,11 @@ int main(int argc, char **argv)
         _exit(127);
     }
     client = connect_one(false);
+    echo_nc = connect_one(false); /* like sonard's: a delivery thread per subscription */
+    natsSubscription *echo_sub = NULL;
+    if (natsConnection_Subscribe(&echo_sub, echo_nc, "bench.echo", on_echo, NULL) != NATS_OK ||
+        natsConnection_Flush(echo_nc) != NATS_OK)
+        die("echo subscribe");
     if (!TEST_WAIT_UNTIL(live_services() >= 0, 10000))
         die("sonard does not answer");
     long rss_idle = rss_kib(pid);
@@ -311,8 +343,8 @@ int main(int argc, char **argv)
     if (!TEST_WAIT_UNTIL(live_services() == 0, 30000))
         die("the memory services did not leave");
 
-    printf("%-6s %10s %10s %10s %10s %8s %8s\n", "N", "raw p50", "raw p99", "sonard p50",
-           "sonard p99", "p50 x", "p99 x");
+    printf("%-6s %10s %10s %10s %10s %8s %8s %9s %7s %10s\n", "N", "raw p50", "raw p99",
+           "sonard p50", "sonard p99", "p50 x", "p99 x", "rtt p50", "floor", "over floor");
     for (int s = 0; s < n_sizes; s++) {
         int n = sizes[s] > MAX_RESPONDERS ? MAX_RESPONDERS : sizes[s];
         grow_to(n);
@@ -324,6 +356,7 @@ int main(int argc, char **argv)
             iters = atoi(getenv("BENCH_ITERS"));
         int64_t *raw = calloc((size_t)iters, sizeof *raw);
         int64_t *co = calloc((size_t)iters, sizeof *co);
+        int64_t *rtt = calloc((size_t)iters, sizeof *rtt);
         for (int w = 0; w < 5; w++) {
             raw_once(n, -1 - w);
             sonard_once(n, -1 - w);
@@ -332,17 +365,22 @@ int main(int argc, char **argv)
         for (int i = 0; i < iters; i++) {
             raw[i] = skip_raw ? 1 : raw_once(n, i);
             co[i] = sonard_once(n, i);
+            rtt[i] = rtt_once();
         }
         qsort(raw, (size_t)iters, sizeof *raw, cmp64);
         qsort(co, (size_t)iters, sizeof *co, cmp64);
+        qsort(rtt, (size_t)iters, sizeof *rtt, cmp64);
         double r50 = pct(raw, iters, 0.5), r99 = pct(raw, iters, 0.99);
         double c50 = pct(co, iters, 0.5), c99 = pct(co, iters, 0.99);
-        printf("%-6d %8.3fms %8.3fms %8.3fms %8.3fms %7.2fx %7.2fx\n", n, r50, r99, c50, c99,
-               c50 / r50, c99 / r99);
+        double e50 = pct(rtt, iters, 0.5);
+        printf("%-6d %8.3fms %8.3fms %8.3fms %8.3fms %7.2fx %7.2fx %7.3fms %6.2fx %8.3fms\n", n,
+               r50, r99, c50, c99, c50 / r50, c99 / r99, e50, (r50 + e50) / r50,
+               c50 - (r50 + e50));
         printf("       sonard RSS now %ld KiB\n", rss_kib(pid));
         fflush(stdout);
         free(raw);
         free(co);
+        free(rtt);
     }
 
     kill(pid, SIGTERM);
@@ -351,6 +389,8 @@ int main(int argc, char **argv)
         natsSubscription_Destroy(resp[i].sub);
         natsConnection_Destroy(resp[i].nc);
     }
+    natsSubscription_Destroy(echo_sub);
+    natsConnection_Destroy(echo_nc);
     natsConnection_Destroy(client);
     test_natsd_destroy(&nd);
     if (getenv("BENCH_KEEP") == NULL)
