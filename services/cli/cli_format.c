@@ -792,6 +792,35 @@ void sonar_cli_print_event_json(FILE *out, sonar_cli_event ev, const char *subje
     json_decref(line);
 }
 
+void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *server,
+                                int64_t wall_ms)
+{
+    char ts[48];
+    sonar_format_rfc3339(wall_ms, ts, sizeof ts);
+    const char *ev = up ? "reconnected" : "disconnected";
+    if (json) {
+        json_t *line = json_pack("{s:s, s:s, s:s}", "time", ts, "event", ev, "server",
+                                 server ? server : "");
+        char *text = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        if (text)
+            fprintf(out, "%s\n", text);
+        free(text);
+        json_decref(line);
+        return;
+    }
+    char *t = strchr(ts, 'T');
+    fprintf(out, "%s %-8s ", t ? t + 1 : ts, "bus");
+    if (up) {
+        fputs("reconnected to ", out);
+        put_clean(out, server ? server : "");
+        fputs("; events in between were missed (--since replays reports)\n", out);
+    } else {
+        fputs("lost ", out);
+        put_clean(out, server ? server : "the server");
+        fputs("; reconnecting, events are missed until then\n", out);
+    }
+}
+
 void sonar_cli_print_invalid(FILE *out, bool json, const char *subject, const char *reason,
                              int64_t wall_ms)
 {

@@ -126,6 +126,12 @@ void sonar_cli_print_event(FILE *out, sonar_cli_event ev, const char *subject,
 void sonar_cli_print_event_json(FILE *out, sonar_cli_event ev, const char *subject,
                                 const json_t *msg, int64_t wall_ms, bool replayed);
 
+/* Writes one line saying the watcher lost the bus (\p up false) or got it
+ * back (\p up true) -- a gap in the feed: {"time","event":"disconnected" |
+ * "reconnected","server"} in JSON, a sentence otherwise. */
+void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *server,
+                                int64_t wall_ms);
+
 /* Writes one line for a message that failed validation (human or JSON):
  * the subject and the reason; the payload itself is not echoed. */
 void sonar_cli_print_invalid(FILE *out, bool json, const char *subject, const char *reason,

@@ -26,11 +26,15 @@ static const char usage_text[] =
     "address changes; heartbeats are not repeated), leaves, change\n"
     "announcements, gathers, check results and reports. With a service, only\n"
     "events about that service (its changes' gathers and results included).\n"
-    "Runs until interrupted (Ctrl-C or SIGTERM, exit 0).\n"
+    "Runs until interrupted (Ctrl-C or SIGTERM, exit 0). When the bus is lost it\n"
+    "says so, reconnects by itself and says when it is back: events in between\n"
+    "are missed.\n"
     "\n"
     "Options:\n"
     "  --json             one JSON object per line:\n"
     "                     {\"time\",\"event\",\"subject\",\"message\",\"replayed\"?}\n"
+    "                     (a lost bus: {\"time\",\"event\":\"disconnected\",\"server\"},\n"
+    "                     then \"reconnected\")\n"
     "  --since DURATION   first replay the reports of the last DURATION (e.g. 1h)\n"
     "                     from the " REPORT_STREAM " JetStream stream\n"
     "\n"
@@ -311,12 +315,25 @@ int sonar_cmd_watch(int argc, char **argv)
         rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "lost the bus while subscribing");
         goto cleanup;
     }
+    char server[512];
+    snprintf(server, sizeof server, "%s", sonar_bus_url(bus));
     fprintf(stderr, "sonar watch: watching %s on %s (Ctrl-C to stop)\n",
-            service ? service : "all services", sonar_bus_url(bus));
+            service ? service : "all services", server);
+    bool up = true;
     while (!atomic_load(&stop_requested)) {
         natsMsg *msg = NULL;
         int tag = 0;
-        if (!sonar_cli_queue_pop(q, 60000, &msg, &tag))
+        /* A lost bus is a gap in the feed: say so when it starts and ends
+         * (nats.c reconnects and subscribes again by itself). */
+        bool now_up = natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED;
+        if (now_up != up) {
+            up = now_up;
+            if (up)
+                snprintf(server, sizeof server, "%s", sonar_bus_url(bus));
+            sonar_cli_print_connection(stdout, json, up, server, sonar_wall_ms());
+            fflush(stdout);
+        }
+        if (!sonar_cli_queue_pop(q, 250, &msg, &tag))
             continue;
         show(&w, msg, tag);
         natsMsg_Destroy(msg);

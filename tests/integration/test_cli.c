@@ -673,3 +673,34 @@ Test(cli, watch_filters_by_service_and_says_when_there_is_nothing_to_replay,
     cr_assert(test_proc_wait(&proc, 10000), "watch did not stop on SIGINT: %s", proc.err);
     cr_assert_eq(test_proc_exit_code(&proc), 0, "watch exits 0 on SIGINT: %s", proc.err);
 }
+
+Test(cli, watch_says_when_the_bus_is_lost_and_back_and_keeps_watching, .init = setup,
+     .fini = teardown)
+{
+    const char *extra[] = {"--json", NULL};
+    start_watch(extra);
+    wait_watch_ready();
+    test_natsd_stop(&natsd);
+    cr_assert(test_proc_wait_output(&proc, "\"event\":\"disconnected\"", 10000), "%s",
+              proc.out);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(test_proc_wait_output(&proc, "\"event\":\"reconnected\"", 20000), "%s",
+              proc.out);
+    cr_assert(strstr(proc.out, natsd.url) != NULL, "the server is named: %s", proc.out);
+    /* Subscribed again: a registration after the return is shown. */
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    char *reg = register_json("orders", "back");
+    bool shown = false;
+    /* The watcher's subscriptions reach the server a moment after its
+     * reconnect: publish until the line shows (each publish is one try). */
+    for (int i = 0; i < 100 && !shown; i++) {
+        natsConnection_PublishString(nc, "sonar.register.orders", reg);
+        natsConnection_Flush(nc);
+        shown = test_proc_wait_output(&proc, "\"instance\":\"back\"", 100);
+    }
+    free(reg);
+    cr_assert(shown, "no event after the reconnect: %s", proc.out);
+    test_proc_signal(&proc, SIGTERM);
+    cr_assert(test_proc_wait(&proc, 10000), "%s", proc.err);
+    cr_assert_eq(test_proc_exit_code(&proc), 0, "%s", proc.err);
+}

@@ -429,6 +429,28 @@ Test(cli_format, feed_lines_human_and_json, .fini = cap_close)
     json_decref(r);
 }
 
+Test(cli_format, a_lost_bus_and_its_return_are_lines_of_the_feed, .fini = cap_close)
+{
+    int64_t t = 1700000000123LL; /* 2023-11-14T22:13:20.123Z */
+    cap_open();
+    sonar_cli_print_connection(cap, true, false, "nats://127.0.0.1:4222", t);
+    json_t *down = parse(cap_text());
+    cr_assert_str_eq(json_string_value(json_object_get(down, "event")), "disconnected");
+    cr_assert_str_eq(json_string_value(json_object_get(down, "server")), "nats://127.0.0.1:4222");
+    cr_assert_str_eq(json_string_value(json_object_get(down, "time")), "2023-11-14T22:13:20.123Z");
+    json_decref(down);
+    cap_close();
+    cap_open();
+    sonar_cli_print_connection(cap, false, true, "nats://h:4222", t);
+    cr_assert_str_eq(cap_text(), "22:13:20.123Z bus      reconnected to nats://h:4222; events in "
+                                 "between were missed (--since replays reports)\n");
+    cap_close();
+    cap_open();
+    sonar_cli_print_connection(cap, false, false, "nats://h\033:4222", t);
+    cr_assert_str_eq(cap_text(), "22:13:20.123Z bus      lost nats://h?:4222; reconnecting, events "
+                                 "are missed until then\n");
+}
+
 Test(cli_format, gather_and_report_lines_carry_the_counts, .fini = cap_close)
 {
     json_t *g = json_pack("{s:s, s:s, s:s, s:[s,s], s:i}", "type", "sonar.gather.v1",
