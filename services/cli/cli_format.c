@@ -792,6 +792,16 @@ void sonar_cli_print_event_json(FILE *out, sonar_cli_event ev, const char *subje
     json_decref(line);
 }
 
+/* Writes \p line (stolen; NULL writes nothing) as one compact JSON line. */
+static void put_json_line(FILE *out, json_t *line)
+{
+    char *text = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (text)
+        fprintf(out, "%s\n", text);
+    free(text);
+    json_decref(line);
+}
+
 void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *server,
                                 int64_t wall_ms)
 {
@@ -801,11 +811,7 @@ void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *serve
     if (json) {
         json_t *line = json_pack("{s:s, s:s, s:s}", "time", ts, "event", ev, "server",
                                  server ? server : "");
-        char *text = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        if (text)
-            fprintf(out, "%s\n", text);
-        free(text);
-        json_decref(line);
+        put_json_line(out, line);
         return;
     }
     char *t = strchr(ts, 'T');
@@ -829,11 +835,7 @@ void sonar_cli_print_invalid(FILE *out, bool json, const char *subject, const ch
     if (json) {
         json_t *line = json_pack("{s:s, s:s, s:s, s:s}", "time", ts, "event", "invalid",
                                  "subject", subject, "error", reason);
-        char *text = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        if (text)
-            fprintf(out, "%s\n", text);
-        free(text);
-        json_decref(line);
+        put_json_line(out, line);
         return;
     }
     char *t = strchr(ts, 'T');
