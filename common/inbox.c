@@ -414,11 +414,7 @@ sonar_status sonar_inbox_create(sonar_inbox **out, natsConnection *nc, const cha
     if (in == NULL)
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&in->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&in->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    sonar_cond_init_monotonic(&in->cond);
     in->nc = nc;
     in->fn = fn;
     in->closure = closure;

@@ -1513,11 +1513,7 @@ sonar_status sonar_outbox_create(sonar_outbox **out, sonar_bus *bus, const char 
     if (ob == NULL)
         return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&ob->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&ob->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    sonar_cond_init_monotonic(&ob->cond);
     ob->bus = bus;
     ob->cfg = c;
     ob->db_path = strdup(db_path);

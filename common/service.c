@@ -791,11 +791,7 @@ static void on_check(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     pthread_mutex_init(&req->lock, NULL);
     /* The request thread waits against the monotonic clock (deadlines must
      * not move with wall-clock changes). */
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&req->cond, &attr);
-    pthread_condattr_destroy(&attr);
+    sonar_cond_init_monotonic(&req->cond);
     for (size_t i = 0, k = 0; i < svc->n_checks; i++)
         if (strcmp(svc->checks[i].dependency, cm.service) == 0)
             results[k++].name = strdup(svc->checks[i].name);

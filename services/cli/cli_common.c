@@ -376,12 +376,8 @@ sonar_cli_queue *sonar_cli_queue_create(void)
     sonar_cli_queue *q = calloc(1, sizeof *q);
     if (q == NULL)
         return NULL;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&q->lock, NULL);
-    pthread_cond_init(&q->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    sonar_cond_init_monotonic(&q->cond);
     return q;
 }
 

@@ -9,6 +9,7 @@
 #include "gather.h"
 #include "internal.h"
 #include "registry.h"
+#include "remote.h"
 #include "sdmetrics.h"
 #include "sonar/reply.h"
 #include "sonar/log.h"
@@ -33,10 +34,11 @@ struct sonar_coordinator {
     sonar_store *store;
     sonar_registry *reg;
     sonar_gatherer *gatherer;
+    sonar_remote *remote; /* gathers of other coordinators */
     sonar_service *svc;
     sonar_outbox *outbox; /* NULL when the server has no JetStream */
     sonard_metrics *metrics;
-    natsSubscription *sub_register, *sub_leave, *sub_report;
+    natsSubscription *sub_register, *sub_leave, *sub_report, *sub_gather;
     /* Every change id that was gathered, stored or received since start, and
      * every stored one: an id not in it has no stored report, so its gather
      * starts on the NATS thread without asking SQLite. Bits are never
@@ -211,6 +213,7 @@ static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
                           sonar_last_error());
     } else {
         seen_add(c, r.change_id);
+        sonar_remote_report(c->remote, r.change_id, data, (size_t)len);
         char *text = strndup(data, (size_t)len);
         if (text == NULL ||
             sonar_store_enqueue_report(c->store, r.change_id, r.service,
@@ -221,6 +224,39 @@ static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     }
     sonar_report_finish(&r);
 out:
+    natsMsg_Destroy(msg);
+}
+
+/* Gathers announced on sonar.gather.<id>: another coordinator's is noted, so
+ * a retry of that change landing here waits for its report. Ours are in
+ * the gatherer's table already (it announces after adding them). */
+static void on_gather(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    sonar_coordinator *c = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    const char *name = subject_name(msg, "sonar.gather.");
+    json_t *v = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    const char *type = json_string_value(json_object_get(v, "type"));
+    const char *cid = json_string_value(json_object_get(v, "change_id"));
+    json_t *timeout = json_object_get(v, "timeout_ms");
+    if (name == NULL || type == NULL || strcmp(type, "sonar.gather.v1") != 0 ||
+        !sonar_name_valid(cid) || strcmp(cid, name) != 0 || !json_is_integer(timeout) ||
+        json_integer_value(timeout) <= 0 || json_integer_value(timeout) > SONAR_MAX_TIMEOUT_MS) {
+        sonar_reply_error(nc, reply, 400,
+                          "invalid gather announcement on %.200s: needs type sonar.gather.v1,"
+                          " the change_id of its subject and a timeout_ms in 1..%d",
+                          natsMsg_GetSubject(msg), SONAR_MAX_TIMEOUT_MS);
+    } else {
+        sonar_gather *mine = NULL;
+        if (sonar_gatherer_join(c->gatherer, cid, &mine) == SONAR_OK) {
+            sonar_gatherer_release(c->gatherer, mine);
+        } else {
+            seen_add(c, cid); /* a retry goes to a worker, which waits on it */
+            sonar_remote_begun(c->remote, cid, sonar_now_ms() + json_integer_value(timeout));
+        }
+    }
+    json_decref(v);
     natsMsg_Destroy(msg);
 }
 
@@ -397,11 +433,14 @@ static sonar_status store_and_publish(sonar_coordinator *c, const sonar_change_m
     return s;
 }
 
-static json_t *outbox_stats(void *closure)
+static json_t *change_stats(void *closure)
 {
     sonar_coordinator *c = closure;
     json_t *data = json_object();
     json_object_set_new(data, "outbox", c->outbox ? sonar_outbox_stats_json(c->outbox) : json_null());
+    /* Gathers of other coordinators this one would wait for on a retry. */
+    json_object_set_new(data, "remote_gathers",
+                        json_integer(c->remote ? (json_int_t)sonar_remote_count(c->remote) : 0));
     return data;
 }
 
@@ -504,6 +543,11 @@ static sonar_status change_continue(sonar_request *req, void *closure)
     const sonar_change_msg *ch = &cj->ch;
     char *report = NULL;
     if (cj->ga == NULL && !cj->answered) {
+        /* Another coordinator gathers this change: its report is the answer. */
+        if (sonar_remote_wait(c->remote, ch->change_id, &report)) {
+            sonar_request_respond(req, report, strlen(report));
+            goto out;
+        }
         sonar_status s = sonar_store_get_report(c->store, ch->change_id, &report);
         if (s == SONAR_OK) {
             sonar_request_respond(req, report, strlen(report));
@@ -667,7 +711,7 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = add_endpoints(c);
     if (s == SONAR_OK) {
         start_events(c);
-        s = sonar_service_set_endpoint_stats(c->svc, "change", outbox_stats, c);
+        s = sonar_service_set_endpoint_stats(c->svc, "change", change_stats, c);
     }
     if (s == SONAR_OK)
         s = sonard_metrics_create(&c->metrics, c->reg, c->outbox);
@@ -676,11 +720,15 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
     if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
     if (s == SONAR_OK)
+        s = sonar_remote_create(&c->remote);
+    if (s == SONAR_OK)
         s = subscribe(c, &c->sub_register, SONAR_SUBJ_REGISTER_PREFIX "*", on_register);
     if (s == SONAR_OK)
         s = subscribe(c, &c->sub_leave, SONAR_SUBJ_LEAVE_PREFIX "*", on_leave);
     if (s == SONAR_OK)
         s = subscribe(c, &c->sub_report, SONAR_SUBJ_REPORT_PREFIX "*", on_report);
+    if (s == SONAR_OK)
+        s = subscribe(c, &c->sub_gather, "sonar.gather.*", on_gather);
     if (s == SONAR_OK)
         s = sonar_service_start(c->svc); /* flushes our subscriptions too */
     if (s == SONAR_OK)
@@ -704,13 +752,17 @@ void sonar_coordinator_stop(sonar_coordinator *c)
         return;
     if (c->gatherer != NULL)
         sonar_gatherer_cancel_all(c->gatherer);
+    if (c->remote != NULL)
+        sonar_remote_cancel(c->remote);
     drain(c->nc, c->sub_register);
     drain(c->nc, c->sub_leave);
     drain(c->nc, c->sub_report);
+    drain(c->nc, c->sub_gather);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
     sonard_metrics_destroy(c->metrics);
     sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
     sonar_gatherer_destroy(c->gatherer);
+    sonar_remote_destroy(c->remote);
     sonar_store_close(c->store);
     sonar_registry_destroy(c->reg);
     free(c->db_path);

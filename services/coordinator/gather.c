@@ -468,11 +468,7 @@ static sonar_status gather_new(sonar_gather **out, sonar_gatherer *g,
     atomic_init(&ga->refs, 2); /* the table's and the starter's */
     snprintf(ga->change_id, sizeof ga->change_id, "%s", change->change_id);
     pthread_mutex_init(&ga->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&ga->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    sonar_cond_init_monotonic(&ga->cond);
     int64_t now = sonar_now_ms();
     ga->deadline_ms = now + change->timeout_ms;
     sonar_expected exp = {0};
@@ -651,9 +647,7 @@ sonar_status sonar_gather_wait(sonar_gather *ga, sonar_request *req, char **out_
     pthread_mutex_lock(&ga->mu);
     while (!ga->done && !ga->cancelled && !sonar_tally_complete(ga->tally) &&
            sonar_now_ms() < ga->deadline_ms) {
-        struct timespec ts = {.tv_sec = ga->deadline_ms / 1000,
-                              .tv_nsec = (ga->deadline_ms % 1000) * 1000000};
-        pthread_cond_timedwait(&ga->cond, &ga->mu, &ts);
+        sonar_cond_wait_until(&ga->cond, &ga->mu, ga->deadline_ms);
     }
     if (!ga->done)
         build_report(ga); /* answers our request (and every other waiter's) */

@@ -251,11 +251,7 @@ sonar_status sonar_gw_events_create(sonar_gw_events **out, natsConnection *nc,
         return SONAR_ERR_NOMEM;
     }
     pthread_mutex_init(&ev->mu, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&ev->idle, &attr);
-    pthread_condattr_destroy(&attr);
+    sonar_cond_init_monotonic(&ev->idle);
     ev->metrics = metrics;
     ev->max_clients = max_clients;
     ev->queue_max = queue_max;
@@ -355,11 +351,7 @@ sonar_status sonar_gw_client_open(sonar_gw_client **out, sonar_gw_events *ev,
         free(c);
         return SONAR_ERR_NOMEM;
     }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cond, &attr);
-    pthread_condattr_destroy(&attr);
+    sonar_cond_init_monotonic(&c->cond);
     sonar_status st = SONAR_OK;
     pthread_mutex_lock(&ev->mu);
     if (ev->stopping)

@@ -476,12 +476,8 @@ sonar_status statusd_start(statusd **out, sonar_bus *bus, const statusd_config *
     d->nc = sonar_bus_nats(bus);
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->db_lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->wake, &ca);
-    pthread_cond_init(&d->prune, &ca);
-    pthread_condattr_destroy(&ca);
+    sonar_cond_init_monotonic(&d->wake);
+    sonar_cond_init_monotonic(&d->prune);
     pthread_cond_init(&d->work, NULL);
     sonar_status s = d->db_path && d->version ? SONAR_OK
                                               : sonar__fail(SONAR_ERR_NOMEM, "out of memory");

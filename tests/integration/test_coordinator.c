@@ -511,6 +511,154 @@ Test(coordinator, two_coordinators_give_one_report_per_change)
     json_decref(rc.ids);
 }
 
+/* The most remote gathers any sonard reports in its $SRV.STATS (the change
+ * endpoint's data): a coordinator that noted another's running gather. */
+static long max_remote_gathers(void)
+{
+    char inbox[64];
+    snprintf(inbox, sizeof inbox, "_INBOX.stats.%lld", (long long)test_now_ms());
+    natsSubscription *sub = NULL;
+    long most = -1;
+    if (natsConnection_SubscribeSync(&sub, nc, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(nc, "$SRV.STATS.sonard", inbox, "") == NATS_OK) {
+        natsMsg *m = NULL;
+        while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
+            json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0,
+                                     NULL);
+            size_t i;
+            json_t *ep;
+            json_array_foreach(json_object_get(doc, "endpoints"), i, ep) {
+                json_t *n = json_object_get(json_object_get(ep, "data"), "remote_gathers");
+                if (json_is_integer(n) && json_integer_value(n) > most)
+                    most = (long)json_integer_value(n);
+            }
+            json_decref(doc);
+            natsMsg_Destroy(m);
+        }
+    }
+    natsSubscription_Destroy(sub);
+    return most;
+}
+
+/* A second sonard beside the first, alpha (passes its check on chillybin)
+ * and a dependent frozen with SIGSTOP, so a gather of chillybin runs until
+ * its deadline. Returns the second sonard's pid; *frozen the frozen one's. */
+static pid_t two_coordinators_and_a_silent_dependent(pid_t *frozen)
+{
+    pid_t second = start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is up");
+    const char *names[] = {"alpha", "frozen"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    *frozen = start_service("frozen", NULL, NULL, NULL, NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    stop_pid(*frozen, SIGSTOP);
+    return second;
+}
+
+/* Announces `body` (a change of chillybin) with replies to a new inbox and
+ * waits until the coordinator that did not take it noted its gather.
+ * Returns the replies' subscription; *inbox is its subject. */
+static natsSubscription *announce_until_noted(const char *body, natsInbox **inbox)
+{
+    natsSubscription *replies = NULL;
+    natsInbox_Create(inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&replies, nc, *inbox), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", *inbox, body),
+                 NATS_OK);
+    cr_assert(TEST_WAIT_UNTIL(max_remote_gathers() >= 1, 2000),
+              "no coordinator noted the other's gather");
+    return replies;
+}
+
+/* Retries land on either coordinator (queue group): the one not gathering
+ * learned of the gather from sonar.gather.<id> and answers with the other's
+ * report instead of gathering a second time. */
+Test(coordinator, a_retry_on_the_other_coordinator_during_a_gather_gets_the_same_report)
+{
+    pid_t frozen = 0;
+    two_coordinators_and_a_silent_dependent(&frozen);
+    report_count rc = {.ids = json_object()};
+    pthread_mutex_init(&rc.mu, NULL);
+    natsSubscription *reports;
+    cr_assert_eq(natsConnection_Subscribe(&reports, nc, "sonar.report.chillybin", on_report, &rc),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    const char *body = "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-remote\",\"service\":"
+                       "\"chillybin\",\"version\":\"2\",\"address\":\"http://h:1\","
+                       "\"timeout_ms\":2500}";
+    enum { RETRIES = 16 };
+    natsInbox *inbox;
+    natsSubscription *replies = announce_until_noted(body, &inbox);
+    /* The other coordinator noted the gather: now retry, many times. */
+    for (int i = 0; i < RETRIES; i++)
+        cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox,
+                                                         body), NATS_OK);
+    natsMsg *first = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&first, replies, 10000), NATS_OK);
+    for (int i = 0; i < RETRIES; i++) {
+        natsMsg *m = NULL;
+        cr_assert_eq(natsSubscription_NextMsg(&m, replies, 10000), NATS_OK, "reply %d", i);
+        cr_assert_eq(natsMsg_GetDataLength(m), natsMsg_GetDataLength(first), "%.*s",
+                     natsMsg_GetDataLength(m), natsMsg_GetData(m));
+        cr_assert(memcmp(natsMsg_GetData(m), natsMsg_GetData(first),
+                         (size_t)natsMsg_GetDataLength(m)) == 0,
+                  "a retry got another report: %.*s", natsMsg_GetDataLength(m),
+                  natsMsg_GetData(m));
+        natsMsg_Destroy(m);
+    }
+    json_t *report = json_loadb(natsMsg_GetData(first), (size_t)natsMsg_GetDataLength(first), 0,
+                                NULL);
+    cr_assert_str_eq(str(report, "verdict"), "incomplete", "frozen stayed silent");
+    json_decref(report);
+    natsMsg_Destroy(first);
+    kill(frozen, SIGCONT);
+    cr_assert(TEST_WAIT_UNTIL(total_reports(&rc) >= 1, 5000));
+    /* A second gather would report within its 2.5 s deadline: wait that out. */
+    cr_assert_not(TEST_WAIT_UNTIL(total_reports(&rc) > 1, 3500), "the change got two reports");
+    natsSubscription_Destroy(replies);
+    natsInbox_Destroy(inbox);
+    natsSubscription_Unsubscribe(reports);
+    natsSubscription_Destroy(reports);
+    json_decref(rc.ids);
+}
+
+/* The coordinator that gathers dies: a retry on the other one waits until
+ * that gather's deadline (plus grace) and then gathers itself. */
+Test(coordinator, a_retry_gathers_anew_when_the_coordinator_that_gathered_died)
+{
+    pid_t frozen = 0;
+    pid_t second = two_coordinators_and_a_silent_dependent(&frozen);
+    const char *body = "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-dead\",\"service\":"
+                       "\"chillybin\",\"version\":\"2\",\"address\":\"http://h:1\","
+                       "\"timeout_ms\":2000}";
+    natsInbox *inbox;
+    natsSubscription *replies = announce_until_noted(body, &inbox);
+    /* Which one gathers? Freeze the first: if the one left noted a remote
+     * gather, the first was gathering. */
+    stop_pid(sonard_pid, SIGSTOP);
+    bool first_gathers = max_remote_gathers() >= 1;
+    test_proc_signal(proc_of(sonard_pid), SIGCONT);
+    stop_pid(first_gathers ? sonard_pid : second, SIGKILL);
+    int64_t killed_at = test_now_ms();
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox, body),
+                 NATS_OK);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, replies, 15000), NATS_OK, "the retry got no reply");
+    json_t *report = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    cr_assert_str_eq(str(report, "type"), "sonar.report.v1", "%.*s", natsMsg_GetDataLength(m),
+                     natsMsg_GetData(m));
+    cr_assert_str_eq(str(report, "change_id"), "chg-dead");
+    cr_assert_str_eq(str(report, "verdict"), "incomplete");
+    /* It waited for the dead one's gather first (deadline 2 s + grace 2 s
+     * from the first announcement), then gathered for 2 s itself. */
+    cr_assert_geq(test_now_ms() - killed_at, 2000, "answered before the dead gather's deadline");
+    json_decref(report);
+    natsMsg_Destroy(m);
+    kill(frozen, SIGCONT);
+    natsSubscription_Destroy(replies);
+    natsInbox_Destroy(inbox);
+}
+
 Test(coordinator, a_restarted_coordinator_keeps_history_and_rebuilds_the_registry)
 {
     const char *names[] = {"alpha"};
@@ -603,6 +751,7 @@ Test(coordinator, garbage_on_every_subject_gets_errors_and_is_survived)
 {
     static const char *subjects[] = {
         "sonar.register.x", "sonar.leave.x", "sonar.result.c1.x", "sonar.report.x",
+        "sonar.gather.x",
         "sonar.change.x", "sonar.api.services", "sonar.api.report", "sonar.api.history",
         "sonar.api.graph",
     };

@@ -7,6 +7,7 @@
 #ifndef SONAR_UTIL_H
 #define SONAR_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +35,22 @@ sonar_status sonar_name_check(const char *what, const char *name);
 
 /** \brief Monotonic clock in milliseconds (for deadlines and durations). */
 int64_t sonar_now_ms(void);
+
+/**
+ * \brief Initialises \p cond so that pthread_cond_timedwait() takes absolute
+ *        CLOCK_MONOTONIC times, the clock of sonar_now_ms() and
+ *        sonar_now_ns() (immune to wall-clock jumps). Destroy it with
+ *        pthread_cond_destroy().
+ */
+void sonar_cond_init_monotonic(pthread_cond_t *cond);
+
+/**
+ * \brief Waits on \p cond (made by sonar_cond_init_monotonic(); \p mu
+ *        held) until woken or until \p deadline_ms of sonar_now_ms().
+ *        Like every condition wait it may return early: re-check the
+ *        condition in a loop.
+ */
+void sonar_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t deadline_ms);
 
 /** \brief Monotonic clock in nanoseconds. */
 int64_t sonar_now_ns(void);

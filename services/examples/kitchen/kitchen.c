@@ -26,6 +26,7 @@
 #include <microhttpd.h>
 
 #include "sonar/log.h"
+#include "sonar/util.h"
 
 #define MAX_REPLY_HEADERS 8
 #define MAX_COUNTERS 256
@@ -358,11 +359,7 @@ sonar_status kitchen_server_create(kitchen_server **out, const kitchen_server_co
     srv->cfg = *cfg;
     srv->quiesced_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&srv->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&srv->idle, &ca);
-    pthread_condattr_destroy(&ca);
+    sonar_cond_init_monotonic(&srv->idle);
 
     /* One thread per connection: a handler may block without stalling
      * other clients. MHD_USE_ITC lets MHD_quiesce_daemon() wake the
