@@ -5,7 +5,9 @@
  * A `sonar_bus` wraps one `natsConnection` with the options sonar relies
  * on: reconnect forever with jitter, SendAsap (request and reply paths
  * never wait for the background flusher), and the authentication options
- * of nats.c passed through.
+ * of nats.c passed through. The bus keeps those settings: an outbox relay
+ * created on the bus opens its own connection with them (one that does not
+ * reconnect by itself, see outbox.h).
  *
  * Thread-safety: a bus may be shared by any number of threads once
  * created; create and destroy must not race with other calls on it.
