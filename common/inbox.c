@@ -338,15 +338,23 @@ static sonar_status inbox_config(sonar_inbox_config *c)
     return SONAR_OK;
 }
 
+sonar_status sonar_inbox_migrate(sqlite3 *db)
+{
+    if (db == NULL)
+        return sonar__fail(SONAR_ERR_INVALID, "inbox migrate: no database");
+    sonar_status s = sonar__db_exec(db, "PRAGMA journal_mode=WAL");
+    if (s == SONAR_OK)
+        s = sonar__db_exec(db, inbox_schema);
+    return s;
+}
+
 static sonar_status open_db(sonar_inbox *in, const char *path)
 {
     if (sqlite3_open_v2(path, &in->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK)
         return sonar__db_fail(in->db, path);
     sonar__db_fast_busy(in->db);
-    sonar_status s = sonar__db_exec(in->db, "PRAGMA journal_mode=WAL");
-    if (s == SONAR_OK)
-        s = sonar__db_exec(in->db, inbox_schema);
+    sonar_status s = sonar_inbox_migrate(in->db);
     if (s == SONAR_OK)
         s = sonar__db_prepare(in->db,
                               "INSERT OR IGNORE INTO sonar_inbox(name, msg_id, done_ms)"
@@ -479,4 +487,174 @@ json_t *sonar_inbox_stats_json(sonar_inbox *in)
                      (json_int_t)st.applied, "duplicates", (json_int_t)st.duplicates, "retries",
                      (json_int_t)st.retries, "dead", (json_int_t)st.dead, "errors",
                      (json_int_t)st.errors, "pending", (json_int_t)st.pending);
+}
+
+/* ---- Operator functions ------------------------------------------------------ */
+
+static sonar_status open_inbox_db(sqlite3 **out, const char *path, bool read_only)
+{
+    sqlite3 *db = NULL;
+    sonar_status s = sonar__db_open_existing(&db, path, read_only);
+    if (s != SONAR_OK)
+        return s;
+    if (!sonar__db_has_table(db, "sonar_inbox") || !sonar__db_has_table(db, "sonar_inbox_dead")) {
+        /* A non-SQLite file fails here too ("file is not a database"). */
+        s = sonar__fail(SONAR_ERR_INVALID, "%s: not an inbox database", path);
+        sqlite3_close(db);
+        return s;
+    }
+    *out = db;
+    return SONAR_OK;
+}
+
+void sonar_inbox_db_status_finish(sonar_inbox_db_status *st)
+{
+    if (st == NULL)
+        return;
+    for (size_t i = 0; i < st->n; i++)
+        free(st->consumers[i].name);
+    free(st->consumers);
+    memset(st, 0, sizeof *st);
+}
+
+sonar_status sonar_inbox_db_status_read(sonar_inbox_db_status *out, const char *db_path)
+{
+    sqlite3 *db = NULL;
+    sonar_status s = open_inbox_db(&db, db_path, true);
+    if (s != SONAR_OK)
+        return s;
+    sonar_inbox_db_status r = {0};
+    size_t cap = 0;
+    sqlite3_stmt *st = NULL;
+    s = sonar__db_prepare(db,
+                          "SELECT name, sum(recorded), max(last_ms), sum(dead) FROM ("
+                          " SELECT name, count(*) AS recorded, max(done_ms) AS last_ms, 0 AS dead"
+                          " FROM sonar_inbox GROUP BY name"
+                          " UNION ALL SELECT name, 0, 0, count(*) FROM sonar_inbox_dead"
+                          " GROUP BY name) GROUP BY name ORDER BY name",
+                          &st);
+    int rc = SQLITE_DONE;
+    while (s == SONAR_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (r.n == cap) {
+            cap = cap ? cap * 2 : 8;
+            sonar_inbox_consumer_status *nc = realloc(r.consumers, cap * sizeof *nc);
+            if (nc == NULL) {
+                s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+                break;
+            }
+            r.consumers = nc;
+        }
+        sonar_inbox_consumer_status *c = &r.consumers[r.n++];
+        c->name = sonar__strdup((const char *)sqlite3_column_text(st, 0));
+        c->recorded = sqlite3_column_int64(st, 1);
+        c->last_applied_ms = sqlite3_column_int64(st, 2);
+        c->dead = sqlite3_column_int64(st, 3);
+        r.recorded_total += c->recorded;
+        r.dead_total += c->dead;
+        if (c->name == NULL)
+            s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    }
+    if (s == SONAR_OK && rc != SQLITE_DONE)
+        s = sonar__db_fail(db, "reading the inbox tables");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (s != SONAR_OK) {
+        sonar_inbox_db_status_finish(&r);
+        return s;
+    }
+    *out = r;
+    return SONAR_OK;
+}
+
+void sonar_inbox_dead_rows_free(sonar_inbox_dead_row *rows, size_t n)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].name);
+        free(rows[i].msg_id);
+        free(rows[i].subject);
+        free(rows[i].payload);
+        free(rows[i].error);
+    }
+    free(rows);
+}
+
+sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_n,
+                                   const char *db_path)
+{
+    sqlite3 *db = NULL;
+    sonar_status s = open_inbox_db(&db, db_path, true);
+    if (s != SONAR_OK)
+        return s;
+    sqlite3_stmt *st = NULL;
+    sonar_inbox_dead_row *rows = NULL;
+    size_t n = 0, cap = 0;
+    s = sonar__db_prepare(db,
+                          "SELECT id, name, msg_id, subject, payload, stream_seq, deliveries,"
+                          " error, dead_ms FROM sonar_inbox_dead ORDER BY id",
+                          &st);
+    int rc = SQLITE_DONE;
+    while (s == SONAR_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            sonar_inbox_dead_row *nr = realloc(rows, cap * sizeof *rows);
+            if (nr == NULL) {
+                s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+                break;
+            }
+            rows = nr;
+        }
+        sonar_inbox_dead_row *r = &rows[n++];
+        memset(r, 0, sizeof *r);
+        r->id = sqlite3_column_int64(st, 0);
+        r->name = sonar__strdup((const char *)sqlite3_column_text(st, 1));
+        r->msg_id = sonar__strdup((const char *)sqlite3_column_text(st, 2));
+        r->subject = sonar__strdup((const char *)sqlite3_column_text(st, 3));
+        r->payload_len = (size_t)sqlite3_column_bytes(st, 4);
+        r->payload = malloc(r->payload_len + 1);
+        if (r->payload) {
+            if (r->payload_len)
+                memcpy(r->payload, sqlite3_column_blob(st, 4), r->payload_len);
+            ((char *)r->payload)[r->payload_len] = '\0';
+        }
+        r->stream_seq = sqlite3_column_int64(st, 5);
+        r->deliveries = sqlite3_column_int64(st, 6);
+        r->error = sonar__strdup((const char *)sqlite3_column_text(st, 7));
+        r->dead_ms = sqlite3_column_int64(st, 8);
+        if (!r->name || !r->msg_id || !r->subject || !r->payload || !r->error)
+            s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    }
+    if (s == SONAR_OK && rc != SQLITE_DONE)
+        s = sonar__db_fail(db, "listing the inbox dead-letter rows");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (s != SONAR_OK) {
+        sonar_inbox_dead_rows_free(rows, n);
+        return s;
+    }
+    *out_rows = rows;
+    *out_n = n;
+    return SONAR_OK;
+}
+
+sonar_status sonar_inbox_drop(const char *db_path, int64_t id)
+{
+    sqlite3 *db = NULL;
+    sonar_status s = open_inbox_db(&db, db_path, false);
+    if (s != SONAR_OK)
+        return s;
+    sqlite3_stmt *st = NULL;
+    s = sonar__db_prepare(db, "DELETE FROM sonar_inbox_dead WHERE id=?1", &st);
+    if (s == SONAR_OK) {
+        sqlite3_bind_int64(st, 1, id);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            s = sonar__db_fail(db, "dropping an inbox dead-letter row");
+        else if (sqlite3_changes(db) == 0)
+            s = sonar__fail(SONAR_ERR_NOT_FOUND, "%s: no inbox dead-letter row with id %" PRId64,
+                            db_path, id);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return s;
 }

@@ -22,6 +22,7 @@ int sonar_cmd_report(int argc, char **argv);
 int sonar_cmd_request(int argc, char **argv);
 int sonar_cmd_services(int argc, char **argv);
 int sonar_cmd_outbox(int argc, char **argv);
+int sonar_cmd_inbox(int argc, char **argv);
 int sonar_cmd_version(int argc, char **argv);
 int sonar_cmd_watch(int argc, char **argv);
 

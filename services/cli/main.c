@@ -12,6 +12,7 @@ static const sonar_cli_command commands[] = {
     {"announce", sonar_cmd_announce, "announce a change and wait for its checks (gates a deploy)"},
     {"graph", sonar_cmd_graph, "print who depends on whom as Graphviz DOT"},
     {"history", sonar_cmd_history, "list the last reports of a service"},
+    {"inbox", sonar_cmd_inbox, "inspect a service's exactly-once consumers and their dead letters"},
     {"outbox", sonar_cmd_outbox, "inspect and repair a service's event outbox"},
     {"report", sonar_cmd_report, "show the report of a change"},
     {"request", sonar_cmd_request, "send one request (JSON) on a subject and print the reply"},

@@ -1,6 +1,7 @@
 /* The `sonar outbox` subcommand, run as the built binary (SONAR_CLI_BIN). */
 #include <criterion/criterion.h>
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,4 +130,94 @@ Test(cli_outbox, bad_usage_and_bad_files_exit_with_one_line_reasons)
     /* A missing file is not created by looking at it. */
     snprintf(args, sizeof args, "%s/missing.db", dir);
     cr_assert_null(fopen(args, "r"));
+}
+
+/* run() with the arguments formatted from fmt (path, dir, ...). */
+static int runf(char *out, size_t outlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int runf(char *out, size_t outlen, const char *fmt, ...)
+{
+    char args[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    return run(out, outlen, args);
+}
+
+/* ---- sonar inbox ------------------------------------------------------------ */
+
+/* The same file gets inbox tables: two inboxes, one dead letter. */
+static void add_inbox_rows(void)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(sonar_inbox_migrate(db), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO sonar_inbox(name, msg_id, done_ms) VALUES"
+                              " ('wells-events', 'm1', 1700000000000),"
+                              " ('wells-events', 'm2', 1700000001000),"
+                              " ('aquifer-events', 'a1', 1700000002000);"
+                              "INSERT INTO sonar_inbox_dead(id, name, msg_id, subject, payload,"
+                              " stream_seq, deliveries, error, dead_ms) VALUES (7,"
+                              " 'wells-events', 'm3', 'events.wells.created', x'7b7d', 19, 5,"
+                              " 'unknown aquifer a9', 1700000003000)",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+}
+
+Test(cli_outbox, inbox_status_and_dead_show_each_inbox_and_drop_removes_a_dead_letter)
+{
+    add_inbox_rows();
+    char out[4096];
+    cr_assert_eq(runf(out, sizeof out, "inbox status --db '%s' --json", path), 0, "%s", out);
+    json_t *j = json_loads(out, 0, NULL);
+    cr_assert_not_null(j, "not JSON: %s", out);
+    json_t *inboxes = json_object_get(j, "inboxes");
+    cr_assert_eq(json_array_size(inboxes), 2, "%s", out);
+    json_t *wells = json_array_get(inboxes, 1); /* by name: aquifer-events first */
+    cr_assert_str_eq(json_string_value(json_object_get(wells, "name")), "wells-events");
+    cr_assert_eq(json_integer_value(json_object_get(wells, "recorded")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(wells, "dead")), 1);
+    cr_assert_str_eq(json_string_value(json_object_get(wells, "last_applied")),
+                     "2023-11-14T22:13:21.000Z");
+    cr_assert_eq(json_integer_value(json_object_get(j, "dead_total")), 1);
+    json_decref(j);
+    cr_assert_eq(runf(out, sizeof out, "inbox status --db '%s'", path), 0, "%s", out);
+    cr_assert(strstr(out, "aquifer-events") && strstr(out, "wells-events"), "%s", out);
+
+    cr_assert_eq(runf(out, sizeof out, "inbox dead --db '%s'", path), 0, "%s", out);
+    cr_assert(strstr(out, "events.wells.created") && strstr(out, "unknown aquifer a9"), "%s",
+              out);
+    cr_assert_eq(runf(out, sizeof out, "inbox dead --db '%s' --json", path), 0, "%s", out);
+    j = json_loads(out, 0, NULL);
+    cr_assert(json_is_array(j) && json_array_size(j) == 1, "%s", out);
+    json_t *row = json_array_get(j, 0);
+    cr_assert_eq(json_integer_value(json_object_get(row, "id")), 7);
+    cr_assert_eq(json_integer_value(json_object_get(row, "stream_seq")), 19);
+    cr_assert_eq(json_integer_value(json_object_get(row, "deliveries")), 5);
+    cr_assert_str_eq(json_string_value(json_object_get(row, "msg_id")), "m3");
+    json_decref(j);
+
+    cr_assert_eq(runf(out, sizeof out, "inbox drop --db '%s' 7", path), 0, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox drop --db '%s' 7", path), 3);
+    cr_assert(strstr(out, "no inbox dead-letter row with id 7") != NULL, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox dead --db '%s'", path), 0);
+    cr_assert(strstr(out, "no inbox dead-letter rows") != NULL, "%s", out);
+}
+
+Test(cli_outbox, inbox_bad_usage_and_files_without_inbox_tables_are_refused)
+{
+    char out[4096];
+    cr_assert_eq(run(out, sizeof out, "inbox --help"), 0);
+    cr_assert(strstr(out, "drop") != NULL);
+    cr_assert_eq(run(out, sizeof out, "inbox requeue --db x 1"), 2, "%s", out);
+    cr_assert(strstr(out, "unknown action 'requeue'") != NULL, "%s", out);
+    cr_assert_eq(run(out, sizeof out, "inbox status"), 2);
+    cr_assert_eq(runf(out, sizeof out, "inbox drop --db '%s' -3", path), 2, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox drop --db '%s' 1 --json", path), 2, "%s", out);
+    /* The outbox-only file of setup() has no inbox tables. */
+    cr_assert_eq(runf(out, sizeof out, "inbox status --db '%s'", path), 3);
+    cr_assert(strstr(out, "not an inbox database") != NULL, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox dead --db '%s/missing.db'", dir), 3);
 }

@@ -172,6 +172,32 @@ Test(inbox, failing_handler_is_retried_then_dead_lettered_without_blocking_other
                            " AND error LIKE '%cannot apply poison%'",
                            -1),
                  1);
+
+    /* The operator functions (what `sonar inbox` shows and repairs). */
+    sonar_inbox_db_status ds;
+    cr_assert_eq(sonar_inbox_db_status_read(&ds, db_path), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(ds.n, 1);
+    cr_assert_str_eq(ds.consumers[0].name, cfg.name);
+    cr_assert_eq(ds.consumers[0].dead, 1);
+    cr_assert_eq(ds.consumers[0].recorded, 3, "two applied, one dead (kept to skip redeliveries)");
+    cr_assert_gt(ds.consumers[0].last_applied_ms, 0);
+    sonar_inbox_db_status_finish(&ds);
+    sonar_inbox_dead_row *rows = NULL;
+    size_t n = 0;
+    cr_assert_eq(sonar_inbox_dead_list(&rows, &n, db_path), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(rows[0].msg_id, "p1");
+    cr_assert_str_eq(rows[0].subject, "ev.a");
+    cr_assert_str_eq((const char *)rows[0].payload, "poison");
+    cr_assert_eq(rows[0].deliveries, 3);
+    cr_assert(strstr(rows[0].error, "cannot apply poison") != NULL, "%s", rows[0].error);
+    int64_t id = rows[0].id;
+    sonar_inbox_dead_rows_free(rows, n);
+    cr_assert_eq(sonar_inbox_drop(db_path, id), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_inbox_drop(db_path, id), SONAR_ERR_NOT_FOUND);
+    cr_assert_eq(sonar_inbox_dead_list(&rows, &n, db_path), SONAR_OK);
+    cr_assert_eq(n, 0);
+    sonar_inbox_dead_rows_free(rows, n);
 }
 
 Test(inbox, recorded_ids_are_pruned_after_retention)

@@ -88,6 +88,14 @@ typedef struct sonar_inbox_config {
 typedef struct sonar_inbox sonar_inbox;
 
 /**
+ * \brief Creates the inbox tables in \p db (borrowed; not inside a
+ *        transaction) and switches it to WAL. sonar_inbox_create() does this
+ *        itself; call it to prepare a database beforehand. Idempotent.
+ * \return SONAR_OK; SONAR_ERR_INVALID (NULL); SONAR_ERR_DB.
+ */
+sonar_status sonar_inbox_migrate(sqlite3 *db);
+
+/**
  * \brief Creates the inbox tables if needed (WAL), creates or binds the
  *        durable consumer, and starts the inbox thread.
  * \param out new inbox, written on success; free with sonar_inbox_destroy().
@@ -123,6 +131,71 @@ void sonar_inbox_stats_get(sonar_inbox *in, sonar_inbox_stats *out);
 
 /** \brief The figures as a JSON object (new) for `$SRV.STATS` endpoint data. */
 json_t *sonar_inbox_stats_json(sonar_inbox *in);
+
+/* ---- Operator functions (their own connection on the file) -------------- */
+
+/** One consumer (inbox name) in a database. */
+typedef struct sonar_inbox_consumer_status {
+    char *name;               /**< the inbox (durable consumer) name */
+    int64_t recorded;         /**< message ids kept for de-duplication */
+    int64_t last_applied_ms;  /**< wall clock of the newest, 0 when none */
+    int64_t dead;             /**< its rows in the dead-letter table */
+} sonar_inbox_consumer_status;
+
+/** Every inbox in a database, by name. */
+typedef struct sonar_inbox_db_status {
+    sonar_inbox_consumer_status *consumers; /**< owned; free with sonar_inbox_db_status_finish() */
+    size_t n;
+    int64_t recorded_total;
+    int64_t dead_total;
+} sonar_inbox_db_status;
+
+/**
+ * rief Reads the inbox tables of \p db_path (read-only; the service may be
+ *        running). Safe from any thread.
+ * 
+eturn SONAR_OK; SONAR_ERR_NOT_FOUND (no such file); SONAR_ERR_INVALID
+ *         (not an inbox database); SONAR_ERR_DB; SONAR_ERR_NOMEM.
+ */
+sonar_status sonar_inbox_db_status_read(sonar_inbox_db_status *out, const char *db_path);
+
+/** rief Frees what sonar_inbox_db_status_read() filled in. */
+void sonar_inbox_db_status_finish(sonar_inbox_db_status *st);
+
+/** A message an inbox gave up on (its handler kept failing). */
+typedef struct sonar_inbox_dead_row {
+    int64_t id;
+    char *name;        /**< the inbox */
+    char *msg_id;      /**< Nats-Msg-Id, or stream:seq when it had none */
+    char *subject;
+    void *payload;     /**< NUL-terminated copy */
+    size_t payload_len;
+    int64_t stream_seq;
+    int64_t deliveries;
+    char *error;       /**< the handler's last error */
+    int64_t dead_ms;   /**< wall clock */
+} sonar_inbox_dead_row;
+
+/**
+ * rief Lists the dead-letter rows of every inbox in \p db_path, oldest
+ *        first. Free with sonar_inbox_dead_rows_free(). Errors as
+ *        sonar_inbox_db_status_read().
+ */
+sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_n,
+                                   const char *db_path);
+
+/** rief Frees rows from sonar_inbox_dead_list(). Accepts NULL. */
+void sonar_inbox_dead_rows_free(sonar_inbox_dead_row *rows, size_t n);
+
+/**
+ * rief Deletes dead-letter row \p id (after an operator dealt with it:
+ *        the message was terminated in JetStream, so the inbox will not see
+ *        it again; to apply it, publish it anew).
+ * 
+eturn SONAR_OK; SONAR_ERR_NOT_FOUND (no such row or file);
+ *         SONAR_ERR_INVALID; SONAR_ERR_DB.
+ */
+sonar_status sonar_inbox_drop(const char *db_path, int64_t id);
 
 #ifdef __cplusplus
 }
