@@ -101,6 +101,16 @@ static void free_urls(char **urls)
     free(urls);
 }
 
+/* The first connect succeeded after all (retry_on_failed_connect). */
+static void on_late_connect(natsConnection *nc, void *closure)
+{
+    (void)closure;
+    char url[256];
+    if (natsConnection_GetConnectedUrl(nc, url, sizeof url) != NATS_OK)
+        url[0] = '\0';
+    sonar_log(SONAR_LOG_INFO, "connected to %s", url);
+}
+
 /*
  * The options of a bus connection. `direct` builds those of the extra
  * connections a module opens for itself (sonar__bus_connect_direct()): no
@@ -136,8 +146,10 @@ static natsStatus build_options(natsOptions **out, const sonar_bus_config *cfg, 
             s = natsOptions_SetReconnectWait(opts, 250);
         if (s == NATS_OK)
             s = natsOptions_SetReconnectJitter(opts, 100, 1000);
+        /* With a connected callback nats.c retries in the background; with
+         * NULL it would block in natsConnection_Connect() until connected. */
         if (s == NATS_OK && cfg->retry_on_failed_connect)
-            s = natsOptions_SetRetryOnFailedConnect(opts, true, NULL, NULL);
+            s = natsOptions_SetRetryOnFailedConnect(opts, true, on_late_connect, NULL);
     }
     if (s == NATS_OK && cfg->user)
         s = natsOptions_SetUserInfo(opts, cfg->user, cfg->password ? cfg->password : "");

@@ -137,3 +137,27 @@ Test(bus, a_direct_connection_refuses_publishes_after_a_loss_instead_of_bufferin
     natsConnection_Destroy(direct);
     sonar_bus_destroy(bus);
 }
+
+Test(bus, retry_on_failed_connect_returns_at_once_and_connects_when_the_server_comes)
+{
+    cr_assert(test_natsd_start(&natsd));
+    char url[64];
+    snprintf(url, sizeof url, "%s", natsd.url);
+    test_natsd_stop(&natsd);
+    sonar_bus *bus = NULL;
+    sonar_bus_config bc = {.urls = url, .retry_on_failed_connect = true};
+    int64_t t0 = test_now_ms();
+    cr_assert_eq(sonar_bus_connect(&bus, &bc), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_lt(test_now_ms() - t0, 5000, "connect blocked while no server answered");
+    cr_assert_neq(natsConnection_Status(sonar_bus_nats(bus)), NATS_CONN_STATUS_CONNECTED);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(sonar_bus_nats(bus)) ==
+                                  NATS_CONN_STATUS_CONNECTED,
+                              10000),
+              "never connected");
+    sonar_bus_destroy(bus);
+    /* Without the flag, an absent server is an error at once. */
+    test_natsd_stop(&natsd);
+    sonar_bus_config strict = {.urls = url};
+    cr_assert_eq(sonar_bus_connect(&bus, &strict), SONAR_ERR_NATS);
+}

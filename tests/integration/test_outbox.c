@@ -531,3 +531,46 @@ Test(outbox, figures_appear_as_endpoint_data_in_srv_stats)
     sonar_bus_destroy(svc_bus);
     sqlite3_close(db);
 }
+
+/* The relay's own connection carries the bus's credentials: on a server
+ * that requires a user, events still flow (and a wrong password is a
+ * warning, with the rows kept pending, not a crash). */
+Test(outbox, the_relay_connects_with_the_bus_credentials)
+{
+    static const char *const auth[] = {"--user", "svc", "--pass", "s3cret", NULL};
+    test_natsd authd; /* besides the suite's server, which needs no user */
+    cr_assert(test_natsd_start_with(&authd, auth));
+    sonar_bus *good = NULL, *bad = NULL;
+    sonar_bus_config gc = {.urls = authd.url, .user = "svc", .password = "s3cret"};
+    cr_assert_eq(sonar_bus_connect(&good, &gc), SONAR_OK, "%s", sonar_last_error());
+    const char *subjects[] = {"ev.>", NULL};
+    sonar_stream_config sc = {.name = "EV", .subjects = subjects};
+    cr_assert_eq(sonar_stream_ensure(sonar_bus_nats(good), &sc), SONAR_OK, "%s",
+                 sonar_last_error());
+    sqlite3 *db = migrated_db();
+    enqueue(db, "ev.auth", "one", 3, NULL);
+
+    /* Wrong password: the bus itself connects lazily, the relay is refused. */
+    sonar_bus_config bc = {.urls = authd.url, .user = "svc", .password = "wrong",
+                           .retry_on_failed_connect = true};
+    cr_assert_eq(sonar_bus_connect(&bad, &bc), SONAR_OK, "%s", sonar_last_error());
+    sonar_outbox *ob = NULL;
+    cr_assert_eq(sonar_outbox_create(&ob, bad, db_path, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).db_queries > 0, 5000));
+    cr_assert_eq(stats_of(ob).published, 0);
+    cr_assert_not(stats_of(ob).connected);
+    sonar_outbox_destroy(ob);
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox WHERE subject <> ''", -1),
+                 1, "the row stays pending");
+
+    cr_assert_eq(sonar_outbox_create(&ob, good, db_path, NULL), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(stats_of(ob).published == 1, 10000), "not published");
+    cr_assert(stats_of(ob).connected);
+    sonar_outbox_destroy(ob);
+    sqlite3_close(db);
+    sonar_bus_destroy(bad);
+    sonar_bus_destroy(good);
+    test_natsd_destroy(&authd);
+}

@@ -46,7 +46,10 @@ typedef struct sonar_bus_config {
     const char *tls_cert;      /**< client certificate chain file */
     const char *tls_key;       /**< client private key file */
     int64_t connect_timeout_ms;/**< 0: 2000 ms */
-    bool retry_on_failed_connect; /**< keep trying in the background if the first connect fails */
+    bool retry_on_failed_connect; /**< when no server answers at first, connect returns at once
+                                       and nats.c keeps trying in the background (an info line
+                                       is logged when it connects); publishes are buffered
+                                       meanwhile */
 } sonar_bus_config;
 
 /**
