@@ -457,6 +457,13 @@ sonar_status sonar_cli_queue_subscribe_js(sonar_cli_queue *q, jsCtx *js, const c
     return SONAR_OK;
 }
 
+void sonar_cli_queue_unsubscribe(sonar_cli_queue *q, int tag)
+{
+    for (size_t i = 0; i < q->n_subs; i++)
+        if (q->subs[i]->tag == tag)
+            natsSubscription_Unsubscribe(q->subs[i]->sub);
+}
+
 bool sonar_cli_queue_pop(sonar_cli_queue *q, int64_t timeout_ms, natsMsg **out_msg,
                          int *out_tag)
 {

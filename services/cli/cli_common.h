@@ -164,6 +164,10 @@ sonar_status sonar_cli_queue_subscribe(sonar_cli_queue *q, natsConnection *nc,
 sonar_status sonar_cli_queue_subscribe_js(sonar_cli_queue *q, jsCtx *js, const char *subject,
                                           jsSubOptions *so, int tag);
 
+/* Stops the subscriptions tagged \p tag; their messages already queued
+ * stay. (The records are freed with the queue.) */
+void sonar_cli_queue_unsubscribe(sonar_cli_queue *q, int tag);
+
 /*
  * Waits at most \p timeout_ms (0: do not wait) for the next message.
  * \return true with *out_msg (new, natsMsg_Destroy) and *out_tag set, or

@@ -803,7 +803,7 @@ static void put_json_line(FILE *out, json_t *line)
 }
 
 void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *server,
-                                int64_t wall_ms)
+                                bool replaying, int64_t wall_ms)
 {
     char ts[48];
     sonar_format_rfc3339(wall_ms, ts, sizeof ts);
@@ -811,6 +811,8 @@ void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *serve
     if (json) {
         json_t *line = json_pack("{s:s, s:s, s:s}", "time", ts, "event", ev, "server",
                                  server ? server : "");
+        if (line && up)
+            json_object_set_new(line, "replaying", json_boolean(replaying));
         put_json_line(out, line);
         return;
     }
@@ -819,7 +821,10 @@ void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *serve
     if (up) {
         fputs("reconnected to ", out);
         put_clean(out, server ? server : "");
-        fputs("; events in between were missed (--since replays reports)\n", out);
+        fputs(replaying ? "; replaying the reports of the gap, other events in between were"
+                          " missed\n"
+                        : "; events in between were missed\n",
+              out);
     } else {
         fputs("lost ", out);
         put_clean(out, server ? server : "the server");

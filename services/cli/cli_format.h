@@ -128,9 +128,10 @@ void sonar_cli_print_event_json(FILE *out, sonar_cli_event ev, const char *subje
 
 /* Writes one line saying the watcher lost the bus (\p up false) or got it
  * back (\p up true) -- a gap in the feed: {"time","event":"disconnected" |
- * "reconnected","server"} in JSON, a sentence otherwise. */
+ * "reconnected","server","replaying"?} in JSON, a sentence otherwise.
+ * \p replaying: the reports of the gap are being replayed. */
 void sonar_cli_print_connection(FILE *out, bool json, bool up, const char *server,
-                                int64_t wall_ms);
+                                bool replaying, int64_t wall_ms);
 
 /* Writes one line for a message that failed validation (human or JSON):
  * the subject and the reason; the payload itself is not echoed. */

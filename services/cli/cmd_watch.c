@@ -13,7 +13,8 @@
 #define REPORT_STREAM SONAR_EVENTS_STREAM
 #define REPORT_STREAM_SUBJECTS SONAR_SUBJ_REPORT_PREFIX "*"
 
-enum { TAG_LIVE = 1, TAG_REPLAY };
+/* Gap fills after a reconnect get tags GAP_TAG_BASE, GAP_TAG_BASE + 1, ... */
+enum { TAG_LIVE = 1, TAG_REPLAY, GAP_TAG_BASE = 100 };
 
 /* Reports remembered for de-duplication before the memory is reset. */
 #define REPORTS_SEEN_MAX 10000
@@ -27,14 +28,15 @@ static const char usage_text[] =
     "announcements, gathers, check results and reports. With a service, only\n"
     "events about that service (its changes' gathers and results included).\n"
     "Runs until interrupted (Ctrl-C or SIGTERM, exit 0). When the bus is lost it\n"
-    "says so, reconnects by itself and says when it is back: events in between\n"
-    "are missed.\n"
+    "says so, reconnects by itself and says when it is back; the reports published\n"
+    "meanwhile are replayed from the " REPORT_STREAM " stream when it exists, other\n"
+    "events in between are missed.\n"
     "\n"
     "Options:\n"
     "  --json             one JSON object per line:\n"
     "                     {\"time\",\"event\",\"subject\",\"message\",\"replayed\"?}\n"
     "                     (a lost bus: {\"time\",\"event\":\"disconnected\",\"server\"},\n"
-    "                     then \"reconnected\")\n"
+    "                     then \"reconnected\" with \"replaying\": true|false)\n"
     "  --since DURATION   first replay the reports of the last DURATION (e.g. 1h)\n"
     "                     from the " REPORT_STREAM " JetStream stream\n"
     "\n"
@@ -140,6 +142,8 @@ typedef struct watch {
     int64_t started_wall_ms;
     sonar_cli_watch_filter *filter;
     json_t *reports_seen; /* change id -> tag of the path that showed its report */
+    sonar_cli_queue *q;
+    int gaps;             /* gap fills started */
 } watch;
 
 /* Handles one message from the queue. */
@@ -168,10 +172,22 @@ static void show(watch *w, natsMsg *msg, int tag)
     bool replayed = false;
     if (ev == SONAR_CLI_EV_REPORT) {
         /* A report can come both from the stream and live: show it once.
-         * A repeat on the same path (a re-announced change) is shown. */
+         * A repeat on the same path (a re-announced change) is shown; a gap
+         * fill shows only reports no path showed yet. */
         const char *cid = json_string_value(json_object_get(v, "change_id"));
         json_t *seen = json_object_get(w->reports_seen, cid);
-        if (seen && json_integer_value(seen) != tag) {
+        bool gap = tag >= GAP_TAG_BASE;
+        if (gap) {
+            jsMsgMetaData *meta = NULL;
+            if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+                if (meta->NumPending == 0) /* caught up: the gap is filled */
+                    sonar_cli_queue_unsubscribe(w->q, tag);
+                now = meta->Timestamp / 1000000;
+                replayed = true;
+                jsMsgMetaData_Destroy(meta);
+            }
+        }
+        if (seen && (gap || json_integer_value(seen) != tag)) {
             json_decref(v);
             return;
         }
@@ -199,39 +215,60 @@ static void show(watch *w, natsMsg *msg, int tag)
     json_decref(v);
 }
 
-/* Starts the --since replay; a missing stream is said on stderr and the
- * feed goes on live. */
-static int start_replay(sonar_cli_queue *q, natsConnection *nc, jsCtx **js, int64_t since_ms)
+/* Whether the reports stream exists (creating *js when needed). When it
+ * does not and \p say, says so on stderr: the feed goes on live. */
+static bool reports_stream(natsConnection *nc, jsCtx **js, bool say)
 {
-    natsStatus ns = natsConnection_JetStream(js, nc, NULL);
-    if (ns != NATS_OK)
-        return sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "JetStream unavailable: %s",
-                             natsStatus_GetText(ns));
+    natsStatus ns = *js ? NATS_OK : natsConnection_JetStream(js, nc, NULL);
+    if (ns != NATS_OK) {
+        if (say)
+            fprintf(stderr, "sonar watch: JetStream unavailable (%s): showing live events only\n",
+                    natsStatus_GetText(ns));
+        return false;
+    }
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     ns = js_GetStreamInfo(&si, *js, REPORT_STREAM, NULL, &jerr);
     jsStreamInfo_Destroy(si);
-    if (ns != NATS_OK) {
-        if (ns == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr)
-            fprintf(stderr, "sonar watch: no stream %s on this server (is sonard's outbox "
-                            "enabled?): nothing to replay, showing live events only\n",
-                    REPORT_STREAM);
-        else
-            fprintf(stderr, "sonar watch: cannot replay reports from %s: %s; showing live "
-                            "events only\n", REPORT_STREAM, natsStatus_GetText(ns));
-        return SONAR_CLI_EXIT_OK;
-    }
+    if (ns == NATS_OK)
+        return true;
+    if (!say)
+        return false;
+    if (ns == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr)
+        fprintf(stderr, "sonar watch: no stream %s on this server (is sonard's outbox "
+                        "enabled?): nothing to replay, showing live events only\n",
+                REPORT_STREAM);
+    else
+        fprintf(stderr, "sonar watch: cannot replay reports from %s: %s; showing live "
+                        "events only\n", REPORT_STREAM, natsStatus_GetText(ns));
+    return false;
+}
+
+/* Replays the reports stored since \p from_wall_ms, tagged \p tag. */
+static bool replay_reports(sonar_cli_queue *q, jsCtx *js, int64_t from_wall_ms, int tag)
+{
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = REPORT_STREAM;
     so.Ordered = true;
     so.Config.DeliverPolicy = js_DeliverByStartTime;
-    so.Config.OptStartTime = (sonar_wall_ms() - since_ms) * 1000000;
-    if (sonar_cli_queue_subscribe_js(q, *js, REPORT_STREAM_SUBJECTS, &so, TAG_REPLAY) !=
-        SONAR_OK)
+    so.Config.OptStartTime = from_wall_ms * 1000000;
+    if (sonar_cli_queue_subscribe_js(q, js, REPORT_STREAM_SUBJECTS, &so, tag) != SONAR_OK) {
         fprintf(stderr, "sonar watch: cannot replay reports: %s; showing live events only\n",
                 sonar_cli_last_error());
-    return SONAR_CLI_EXIT_OK;
+        return false;
+    }
+    return true;
+}
+
+/* After a reconnect: replays the reports published since shortly before the
+ * bus was lost (those also seen live are not shown twice). The consumer is
+ * dropped once it caught up (see show()). */
+static bool fill_gap(watch *w, natsConnection *nc, jsCtx **js, int64_t lost_wall_ms)
+{
+    if (!reports_stream(nc, js, false))
+        return false;
+    return replay_reports(w->q, *js, lost_wall_ms - 2000, GAP_TAG_BASE + w->gaps++);
 }
 
 /* Subscribes the live feed, narrowed to one service where the subject allows. */
@@ -296,6 +333,7 @@ int sonar_cmd_watch(int argc, char **argv)
         goto cleanup;
     }
     waiter.q = q;
+    w.q = q;
     if (pthread_create(&waiter_thread, NULL, wait_for_signal, &waiter) != 0) {
         rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "cannot start the signal thread");
         goto cleanup;
@@ -307,8 +345,8 @@ int sonar_cmd_watch(int argc, char **argv)
     }
     natsConnection *nc = sonar_bus_nats(bus);
     rc = subscribe_live(q, nc, service);
-    if (rc == SONAR_CLI_EXIT_OK && since_ms > 0)
-        rc = start_replay(q, nc, &js, since_ms);
+    if (rc == SONAR_CLI_EXIT_OK && since_ms > 0 && reports_stream(nc, &js, true))
+        replay_reports(q, js, sonar_wall_ms() - since_ms, TAG_REPLAY);
     if (rc != SONAR_CLI_EXIT_OK)
         goto cleanup;
     if (natsConnection_Flush(nc) != NATS_OK) {
@@ -320,17 +358,24 @@ int sonar_cmd_watch(int argc, char **argv)
     fprintf(stderr, "sonar watch: watching %s on %s (Ctrl-C to stop)\n",
             service ? service : "all services", server);
     bool up = true;
+    int64_t lost_at = 0;
     while (!atomic_load(&stop_requested)) {
         natsMsg *msg = NULL;
         int tag = 0;
         /* A lost bus is a gap in the feed: say so when it starts and ends
-         * (nats.c reconnects and subscribes again by itself). */
+         * (nats.c reconnects and subscribes again by itself), and replay
+         * the reports of the gap when the stream has them. */
         bool now_up = natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED;
         if (now_up != up) {
             up = now_up;
-            if (up)
+            bool replaying = false;
+            if (up) {
                 snprintf(server, sizeof server, "%s", sonar_bus_url(bus));
-            sonar_cli_print_connection(stdout, json, up, server, sonar_wall_ms());
+                replaying = fill_gap(&w, nc, &js, lost_at);
+            } else {
+                lost_at = sonar_wall_ms();
+            }
+            sonar_cli_print_connection(stdout, json, up, server, replaying, sonar_wall_ms());
             fflush(stdout);
         }
         if (!sonar_cli_queue_pop(q, 250, &msg, &tag))

@@ -704,3 +704,69 @@ Test(cli, watch_says_when_the_bus_is_lost_and_back_and_keeps_watching, .init = s
     cr_assert(test_proc_wait(&proc, 10000), "%s", proc.err);
     cr_assert_eq(test_proc_exit_code(&proc), 0, "%s", proc.err);
 }
+
+/* A minimal valid report of change `cid` of chillybin, stored in the
+ * events stream (the request waits for the PubAck). */
+static void store_report(const char *cid)
+{
+    sonar_report_msg r = {.change_id = (char *)cid, .service = "chillybin", .version = "2.1.0",
+                          .address = "http://c:1", .verdict = SONAR_PASS,
+                          .started_at = "2026-12-05T18:30:00.000Z", .duration_ms = 31};
+    char *text = NULL;
+    cr_assert_eq(sonar_report_encode(&r, &text), SONAR_OK, "%s", sonar_last_error());
+    natsMsg *ack = NULL;
+    cr_assert_eq(natsConnection_RequestString(&ack, nc, "sonar.report.chillybin", text, 5000),
+                 NATS_OK, "no PubAck for %s", cid);
+    cr_assert(strstr(natsMsg_GetData(ack), "\"seq\"") != NULL, "not stored: %.*s",
+              natsMsg_GetDataLength(ack), natsMsg_GetData(ack));
+    natsMsg_Destroy(ack);
+    free(text);
+}
+
+static int occurrences(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* Reports published while the watcher was cut off are replayed from the
+ * events stream once it is back; a report it showed before is not repeated. */
+Test(cli, watch_replays_the_reports_it_missed_while_the_bus_was_lost, .init = setup,
+     .fini = teardown)
+{
+    const char *subjects[] = {"sonar.report.*", "sonar.health.*", NULL};
+    sonar_stream_config sc = {.name = SONAR_EVENTS_STREAM, .subjects = subjects};
+    cr_assert_eq(sonar_stream_ensure(nc, &sc), SONAR_OK, "%s", sonar_last_error());
+    const char *extra[] = {"--json", NULL};
+    start_watch(extra);
+    wait_watch_ready();
+    store_report("before-gap");
+    cr_assert(test_proc_wait_output(&proc, "\"change_id\":\"before-gap\"", 10000), "%s",
+              proc.out);
+    test_natsd_stop(&natsd);
+    cr_assert(test_proc_wait_output(&proc, "\"event\":\"disconnected\"", 10000), "%s",
+              proc.out);
+    /* Frozen, the watcher cannot reconnect before the report is stored. */
+    test_proc_signal(&proc, SIGSTOP);
+    cr_assert(test_natsd_restart(&natsd));
+    cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
+    store_report("in-the-gap");
+    test_proc_signal(&proc, SIGCONT);
+    cr_assert(test_proc_wait_output(&proc, "\"replaying\":true", 20000), "%s", proc.out);
+    cr_assert(test_proc_wait_output(&proc, "\"change_id\":\"in-the-gap\"", 10000), "%s",
+              proc.out);
+    const char *line = strstr(proc.out, "\"change_id\":\"in-the-gap\"");
+    const char *start = line;
+    while (start > proc.out && start[-1] != '\n')
+        start--;
+    cr_assert(strstr(start, "\"replayed\":true") != NULL &&
+                  strstr(start, "\"replayed\":true") < strchr(line, '\n'),
+              "the missed report is not marked replayed: %s", proc.out);
+    cr_assert_eq(occurrences(proc.out, "\"change_id\":\"before-gap\""), 1,
+                 "a report shown before the gap was shown again: %s", proc.out);
+    test_proc_signal(&proc, SIGTERM);
+    cr_assert(test_proc_wait(&proc, 10000), "%s", proc.err);
+    cr_assert_eq(test_proc_exit_code(&proc), 0, "%s", proc.err);
+}

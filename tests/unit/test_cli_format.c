@@ -433,7 +433,7 @@ Test(cli_format, a_lost_bus_and_its_return_are_lines_of_the_feed, .fini = cap_cl
 {
     int64_t t = 1700000000123LL; /* 2023-11-14T22:13:20.123Z */
     cap_open();
-    sonar_cli_print_connection(cap, true, false, "nats://127.0.0.1:4222", t);
+    sonar_cli_print_connection(cap, true, false, "nats://127.0.0.1:4222", false, t);
     json_t *down = parse(cap_text());
     cr_assert_str_eq(json_string_value(json_object_get(down, "event")), "disconnected");
     cr_assert_str_eq(json_string_value(json_object_get(down, "server")), "nats://127.0.0.1:4222");
@@ -441,12 +441,23 @@ Test(cli_format, a_lost_bus_and_its_return_are_lines_of_the_feed, .fini = cap_cl
     json_decref(down);
     cap_close();
     cap_open();
-    sonar_cli_print_connection(cap, false, true, "nats://h:4222", t);
+    sonar_cli_print_connection(cap, false, true, "nats://h:4222", false, t);
     cr_assert_str_eq(cap_text(), "22:13:20.123Z bus      reconnected to nats://h:4222; events in "
-                                 "between were missed (--since replays reports)\n");
+                                 "between were missed\n");
     cap_close();
     cap_open();
-    sonar_cli_print_connection(cap, false, false, "nats://h\033:4222", t);
+    sonar_cli_print_connection(cap, true, true, "nats://h:4222", true, t);
+    json_t *back = parse(cap_text());
+    cr_assert_str_eq(json_string_value(json_object_get(back, "event")), "reconnected");
+    cr_assert(json_is_true(json_object_get(back, "replaying")));
+    json_decref(back);
+    cap_close();
+    cap_open();
+    sonar_cli_print_connection(cap, false, true, "nats://h:4222", true, t);
+    cr_assert(strstr(cap_text(), "replaying the reports of the gap") != NULL, "%s", cap_text());
+    cap_close();
+    cap_open();
+    sonar_cli_print_connection(cap, false, false, "nats://h\033:4222", false, t);
     cr_assert_str_eq(cap_text(), "22:13:20.123Z bus      lost nats://h?:4222; reconnecting, events "
                                  "are missed until then\n");
 }
