@@ -9,6 +9,7 @@
 
 #include "../../common/bus_internal.h"
 #include "natsd.h"
+#include "proc.h"
 #include "sonar/sonar.h"
 
 static test_natsd natsd;
@@ -160,4 +161,58 @@ Test(bus, retry_on_failed_connect_returns_at_once_and_connects_when_the_server_c
     test_natsd_stop(&natsd);
     sonar_bus_config strict = {.urls = url};
     cr_assert_eq(sonar_bus_connect(&bus, &strict), SONAR_ERR_NATS);
+}
+
+/* Runs a shell command line in `dir`; true when it exited 0. */
+static bool sh_in(const char *dir, const char *cmd)
+{
+    char line[2048];
+    snprintf(line, sizeof line, "cd '%s' && %s >/dev/null 2>&1", dir, cmd);
+    return system(line) == 0;
+}
+
+/* A CA and a server certificate for 127.0.0.1 signed by it, made with the
+ * openssl command (Debian's openssl package). */
+static bool make_certs(const char *dir)
+{
+    return sh_in(dir, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem"
+                      " -days 2 -subj /CN=sonar-test-ca") &&
+           sh_in(dir, "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr"
+                      " -subj /CN=127.0.0.1") &&
+           sh_in(dir, "printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf && openssl x509 -req"
+                      " -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem"
+                      " -days 2 -extfile ext.cnf") &&
+           sh_in(dir, "openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key"
+                      " -out other.pem -days 2 -subj /CN=another-ca");
+}
+
+/* TLS options reach the server, for the bus and for the direct connections
+ * the outbox relay opens from it. */
+/* TLS options reach the server, for the bus and for the direct connections
+ * the outbox relay opens from it (checked by bus_tls_probe, see there why
+ * in a program of its own). */
+Test(bus, tls_with_the_right_ca_connects_and_the_direct_connection_too)
+{
+    if (system("command -v openssl >/dev/null 2>&1") != 0)
+        cr_skip_test("openssl is not installed: no certificates to test TLS with");
+    char dir[256], ca[300], other[300], cert[300], key[300];
+    cr_assert(test_mkdtemp(dir, sizeof dir, "tls"));
+    cr_assert(make_certs(dir), "openssl could not make the test certificates in %s", dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    snprintf(other, sizeof other, "%s/other.pem", dir);
+    snprintf(cert, sizeof cert, "%s/server.pem", dir);
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    const char *const tls_args[] = {"--tls", "--tlscert", cert, "--tlskey", key, NULL};
+    cr_assert(test_natsd_start_with(&natsd, tls_args));
+    const char *argv[] = {test_bin("SONAR_BUS_TLS_PROBE_BIN"), natsd.url, ca, other, NULL};
+    test_proc p;
+    int rc = test_proc_run(&p, dir, argv, NULL, 60000);
+    char *out = test_proc_stdout(&p);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "ok the direct connection publishes and flushes") != NULL, "%s", out);
+    cr_assert(strstr(out, "ok a server certificate from another CA is refused") != NULL, "%s",
+              out);
+    free(out);
+    test_proc_finish(&p);
+    test_rmtree(dir);
 }
