@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -434,6 +435,41 @@ Test(examples, chillybin_refuses_bad_input_with_clear_errors)
     cr_expect_eq(stock_of(cb.base, "ham"), 20);
     cr_expect_eq(status_of("GET", cb.base, "/health"), 200, "still serving after bad input");
     cr_expect_eq(stop(cb.proc, SIGTERM), 0);
+}
+
+/* A client that connected before SIGTERM and sends its request just after
+ * still gets an answer: the drain waits for accepted connections to begin
+ * their request (for a second), not only for requests already begun. */
+Test(examples, a_request_sent_on_a_connection_accepted_before_sigterm_is_answered)
+{
+    service cb = chillybin_start("v1", "fresh.db", NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cb.port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    /* Accepted: chillybin counts it (and the scrape's own connection). */
+    cr_assert(TEST_WAIT_UNTIL(metric(cb.base, "chillybin_http_connections_open") >= 2, 10000),
+              "the connection was not accepted");
+    test_proc_signal(cb.proc, SIGTERM);
+    int64_t deadline = test_now_ms() + 10000;
+    while (strstr(cb.proc->err, "stopping") == NULL && test_now_ms() < deadline)
+        test_proc_pump(cb.proc, 50);
+    cr_assert(strstr(cb.proc->err, "stopping") != NULL, "no drain began: %s", cb.proc->err);
+    /* The client under test is slow: its request follows 200 ms after the
+     * drain began (chillybin's own shutdown is over well before that). */
+    poll(NULL, 0, 200);
+    const char *req = "GET /health HTTP/1.1\r\nHost: chillybin\r\nConnection: close\r\n\r\n";
+    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    char buf[1024];
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof buf - 1 && (n = read(fd, buf + got, sizeof buf - 1 - got)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(fd);
+    cr_assert(strncmp(buf, "HTTP/1.1 200", 12) == 0, "no answer after SIGTERM: \"%s\"", buf);
+    cr_assert_eq(stop(cb.proc, SIGTERM), 0, "chillybin did not stop cleanly");
 }
 
 Test(examples, chillybin_migrates_once_and_keeps_stock_across_restarts)

@@ -30,6 +30,8 @@
 
 #define MAX_REPLY_HEADERS 8
 #define MAX_COUNTERS 256
+/* How long the drain waits for accepted connections to begin their request. */
+#define KITCHEN_FRESH_GRACE_MS 1000
 
 /* Requests answered, by route path ("other" for unknown paths) and status code. */
 typedef struct request_counter {
@@ -44,8 +46,10 @@ struct kitchen_server {
     MHD_socket quiesced_fd;   /* listening socket handed back by MHD_quiesce_daemon */
 
     pthread_mutex_t lock;     /* guards everything below */
-    pthread_cond_t idle;      /* signalled when in_flight drops to 0 */
+    pthread_cond_t idle;      /* signalled when in_flight or fresh drops */
     int in_flight;
+    int open;                 /* connections open */
+    int fresh;                /* of which no request has begun yet */
     request_counter counters[MAX_COUNTERS];
     size_t n_counters;
 };
@@ -94,11 +98,14 @@ static void write_server_metrics(kitchen_server *srv, FILE *out)
                 srv->counters[i].path, srv->counters[i].code,
                 (unsigned long long)srv->counters[i].count);
     }
-    int in_flight = srv->in_flight;
+    int in_flight = srv->in_flight, open = srv->open;
     pthread_mutex_unlock(&srv->lock);
     fprintf(out, "# HELP %s_http_requests_in_flight Requests being served now (this one included).\n", p);
     fprintf(out, "# TYPE %s_http_requests_in_flight gauge\n", p);
     fprintf(out, "%s_http_requests_in_flight %d\n", p, in_flight);
+    fprintf(out, "# HELP %s_http_connections_open Client connections open now (this one included).\n", p);
+    fprintf(out, "# TYPE %s_http_connections_open gauge\n", p);
+    fprintf(out, "%s_http_connections_open %d\n", p, open);
 }
 
 /* ---- Replies ------------------------------------------------------------- */
@@ -289,8 +296,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->method = method;
         req->path = url;
         req->route_path = "other";
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        bool *fresh = ci ? ci->socket_context : NULL;
         pthread_mutex_lock(&srv->lock);
         srv->in_flight++;
+        if (fresh && *fresh) {
+            *fresh = false;
+            srv->fresh--;
+        }
         pthread_mutex_unlock(&srv->lock);
         *req_cls = req;
         return MHD_YES;
@@ -335,6 +349,37 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     pthread_mutex_unlock(&srv->lock);
 }
 
+/* Connections opened and closed. A connection is "fresh" until its first
+ * request begins: at shutdown the drain waits (briefly) for fresh ones too,
+ * so a request already sent on an accepted connection is still served. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)conn;
+    kitchen_server *srv = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        bool *fresh = malloc(sizeof *fresh);
+        if (fresh != NULL)
+            *fresh = true;
+        *socket_context = fresh;
+        pthread_mutex_lock(&srv->lock);
+        srv->open++;
+        srv->fresh += fresh != NULL;
+        pthread_mutex_unlock(&srv->lock);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        bool *fresh = *socket_context;
+        pthread_mutex_lock(&srv->lock);
+        srv->open--;
+        if (fresh && *fresh) {
+            srv->fresh--;
+            pthread_cond_broadcast(&srv->idle);
+        }
+        pthread_mutex_unlock(&srv->lock);
+        free(fresh);
+        *socket_context = NULL;
+    }
+}
+
 /* ---- Lifecycle ----------------------------------------------------------- */
 
 sonar_status kitchen_server_create(kitchen_server **out, const kitchen_server_config *cfg)
@@ -370,6 +415,7 @@ sonar_status kitchen_server_create(kitchen_server **out, const kitchen_server_co
         (uint16_t)cfg->port, NULL, NULL, on_request, srv,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)256,
         MHD_OPTION_END);
@@ -401,10 +447,19 @@ bool kitchen_server_drain(kitchen_server *srv, int64_t timeout_ms)
         until.tv_sec++;
         until.tv_nsec -= 1000000000L;
     }
+    /* Requests in flight are finished; connections accepted but not yet read
+     * get KITCHEN_FRESH_GRACE_MS to begin theirs (a client that connects and
+     * says nothing does not hold the shutdown longer). */
+    int64_t fresh_until = sonar_now_ms() + KITCHEN_FRESH_GRACE_MS;
     pthread_mutex_lock(&srv->lock);
     int rc = 0;
-    while (srv->in_flight > 0 && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&srv->idle, &srv->lock, &until);
+    while (rc != ETIMEDOUT &&
+           (srv->in_flight > 0 || (srv->fresh > 0 && sonar_now_ms() < fresh_until))) {
+        if (srv->in_flight == 0) /* only fresh ones left: wake at the grace's end */
+            sonar_cond_wait_until(&srv->idle, &srv->lock, fresh_until);
+        else
+            rc = pthread_cond_timedwait(&srv->idle, &srv->lock, &until);
+    }
     bool drained = srv->in_flight == 0;
     pthread_mutex_unlock(&srv->lock);
     return drained;
