@@ -203,50 +203,81 @@ static sonar_status run_done(sonar_statusstore *s, sqlite3_stmt *st, const char 
     return step == SQLITE_DONE ? SONAR_OK : sonar__db_fail(s->db, what);
 }
 
-sonar_status sonar_statusstore_add_check(sonar_statusstore *s,
-                                         const sonar_statusstore_check *c, int64_t *out_id)
+/* The check row and the latest status, inside the caller's transaction. */
+static sonar_status write_check(sonar_statusstore *s, const sonar_statusstore_check *c,
+                                int64_t *out_id)
 {
-    if (s == NULL)
-        return sonar__fail(SONAR_ERR_INVALID, "status store is missing");
+    sqlite3_stmt *ins = NULL, *up = NULL;
+    sonar_status rc = sonar__db_prepare(s->db,
+                                        "INSERT INTO checks (service, target, observed, "
+                                        "reported, http_code, duration_ms, at_ms, error) "
+                                        "VALUES (?,?,?,?,?,?,?,?)",
+                                        &ins);
+    if (rc == SONAR_OK) {
+        bind_check(ins, c, -1);
+        rc = run_done(s, ins, "storing a check");
+    }
+    int64_t id = sqlite3_last_insert_rowid(s->db);
+    if (rc == SONAR_OK)
+        rc = sonar__db_prepare(s->db,
+                               "INSERT INTO latest (service, target, observed, reported, "
+                               "http_code, duration_ms, at_ms, error, check_id) "
+                               "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (service, target) "
+                               "DO UPDATE SET observed = excluded.observed, "
+                               "reported = excluded.reported, http_code = excluded.http_code, "
+                               "duration_ms = excluded.duration_ms, "
+                               "at_ms = excluded.at_ms, error = excluded.error, "
+                               "check_id = excluded.check_id WHERE excluded.at_ms >= latest.at_ms",
+                               &up);
+    if (rc == SONAR_OK) {
+        bind_check(up, c, id);
+        rc = run_done(s, up, "updating the latest status");
+    }
+    if (rc == SONAR_OK && out_id != NULL)
+        *out_id = id;
+    return rc;
+}
+
+static sonar_status write_samples(sonar_statusstore *s, const sonar_statusstore_sample_in *in,
+                                  char **json, size_t n);
+static sonar_status prepare_samples(const sonar_statusstore_sample_in *in, size_t n,
+                                    char ***out);
+
+sonar_status sonar_statusstore_add_check_with_samples(sonar_statusstore *s,
+                                                      const sonar_statusstore_check *c,
+                                                      const sonar_statusstore_sample_in *samples,
+                                                      size_t n, int64_t *out_id)
+{
+    if (s == NULL || (samples == NULL && n > 0))
+        return sonar__fail(SONAR_ERR_INVALID, "status store: missing argument");
     sonar_status rc = validate_check(c);
+    char **json = NULL;
+    if (rc == SONAR_OK && n > 0)
+        rc = prepare_samples(samples, n, &json);
     if (rc != SONAR_OK)
         return rc;
     pthread_mutex_lock(&s->lock);
-    sqlite3_stmt *ins = NULL, *up = NULL;
-    if ((rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE")) != SONAR_OK)
-        goto out;
-    if ((rc = sonar__db_prepare(s->db,
-                                "INSERT INTO checks (service, target, observed, reported, "
-                                "http_code, duration_ms, at_ms, error) "
-                                "VALUES (?,?,?,?,?,?,?,?)", &ins)) != SONAR_OK)
-        goto fail;
-    bind_check(ins, c, -1);
-    if ((rc = run_done(s, ins, "storing a check")) != SONAR_OK)
-        goto fail;
-    int64_t id = sqlite3_last_insert_rowid(s->db);
-    if ((rc = sonar__db_prepare(s->db,
-                                "INSERT INTO latest (service, target, observed, reported, "
-                                "http_code, duration_ms, at_ms, error, check_id) "
-                                "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (service, target) "
-                                "DO UPDATE SET observed = excluded.observed, "
-                                "reported = excluded.reported, http_code = excluded.http_code, "
-                                "duration_ms = excluded.duration_ms, "
-                                "at_ms = excluded.at_ms, error = excluded.error, "
-                                "check_id = excluded.check_id WHERE excluded.at_ms >= latest.at_ms",
-                                &up)) != SONAR_OK)
-        goto fail;
-    bind_check(up, c, id);
-    if ((rc = run_done(s, up, "updating the latest status")) != SONAR_OK ||
-        (rc = sonar__db_exec(s->db, "COMMIT")) != SONAR_OK)
-        goto fail;
-    if (out_id != NULL)
-        *out_id = id;
-    goto out;
-fail:
-    rollback(s);
-out:
+    rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE");
+    if (rc == SONAR_OK) {
+        rc = write_check(s, c, out_id);
+        if (rc == SONAR_OK && n > 0)
+            rc = write_samples(s, samples, json, n);
+        if (rc == SONAR_OK)
+            rc = sonar__db_exec(s->db, "COMMIT");
+        if (rc != SONAR_OK)
+            rollback(s);
+    }
     pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; json && i < n; i++)
+        free(json[i]);
+    free(json);
     return rc;
+}
+
+sonar_status sonar_statusstore_add_check(sonar_statusstore *s,
+                                         const sonar_statusstore_check *c, int64_t *out_id)
+{
+    return sonar_statusstore_add_check_with_samples(s, c, NULL, 0, out_id);
 }
 
 /* Copies text columns cols[0..n) of the current row into one new block;
@@ -554,13 +585,12 @@ static sonar_status series_id(sonar_statusstore *s, sqlite3_stmt *find, sqlite3_
 }
 
 /* Inserts validated samples in one transaction; the lock is held by the caller. */
-static sonar_status insert_samples(sonar_statusstore *s, const sonar_statusstore_sample_in *in,
-                                   char **json, size_t n)
+/* Stores samples inside the caller's transaction. */
+static sonar_status write_samples(sonar_statusstore *s, const sonar_statusstore_sample_in *in,
+                                  char **json, size_t n)
 {
     sqlite3_stmt *find = NULL, *add = NULL, *sample = NULL;
-    sonar_status rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE");
-    if (rc != SONAR_OK)
-        return rc;
+    sonar_status rc;
     if ((rc = sonar__db_prepare(s->db,
                                 "SELECT id FROM series WHERE service = ? AND name = ? "
                                 "AND labels = ?", &find)) != SONAR_OK ||
@@ -585,12 +615,23 @@ static sonar_status insert_samples(sonar_statusstore *s, const sonar_statusstore
             rc = sonar__db_fail(s->db, "storing a sample");
         sqlite3_reset(sample);
     }
-    if (rc == SONAR_OK)
-        rc = sonar__db_exec(s->db, "COMMIT");
 done:
     sqlite3_finalize(find);
     sqlite3_finalize(add);
     sqlite3_finalize(sample);
+    return rc;
+}
+
+/* Samples in a transaction of their own. */
+static sonar_status insert_samples(sonar_statusstore *s, const sonar_statusstore_sample_in *in,
+                                   char **json, size_t n)
+{
+    sonar_status rc = sonar__db_exec(s->db, "BEGIN IMMEDIATE");
+    if (rc != SONAR_OK)
+        return rc;
+    rc = write_samples(s, in, json, n);
+    if (rc == SONAR_OK)
+        rc = sonar__db_exec(s->db, "COMMIT");
     if (rc != SONAR_OK)
         rollback(s);
     return rc;

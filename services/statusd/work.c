@@ -256,21 +256,23 @@ static sonar_status scrape_nats(statusd *d, const job *j, int64_t at_ms, size_t 
     return rc;
 }
 
-static void store_probe_samples(statusd *d, const job *j, const sonar_health_result *res)
+/* The response-time and status-code samples of an HTTP probe, for \p in
+ * (SONAR_HEALTH_N_SAMPLES entries; \p labels two). Returns how many. */
+static size_t probe_samples(const job *j, const sonar_health_result *res,
+                            sonar_health_sample *hs, sonar_promtext_label *labels,
+                            sonar_statusstore_sample_in *in)
 {
-    sonar_health_sample hs[SONAR_HEALTH_N_SAMPLES];
+    if (strcmp(j->spec.health, "nats") == 0)
+        return 0;
     size_t n = sonar_health_result_samples(res, hs);
-    sonar_promtext_label labels[2] = {{"service", j->spec.service}, {"target", j->spec.name}};
-    sonar_statusstore_sample_in in[SONAR_HEALTH_N_SAMPLES];
+    labels[0] = (sonar_promtext_label){"service", j->spec.service};
+    labels[1] = (sonar_promtext_label){"target", j->spec.name};
     for (size_t i = 0; i < n; i++)
         in[i] = (sonar_statusstore_sample_in){.service = j->spec.service, .name = hs[i].name,
                                               .labels = labels, .n_labels = 2,
                                               .value = hs[i].value,
                                               .at_ms = res->checked_at_ms};
-    if (sonar_statusstore_add_samples(d->store, in, n) == SONAR_OK)
-        atomic_fetch_add(&d->samples_stored, (long long)n);
-    else
-        atomic_fetch_add(&d->store_errors, 1);
+    return n;
 }
 
 void statusd__run_job(statusd *d, job *j)
@@ -301,15 +303,20 @@ void statusd__run_job(statusd *d, job *j)
             .service = j->spec.service, .target = j->spec.name, .observed = res.status,
             .reported = reported, .http_code = res.http_code, .duration_ms = res.duration_ms,
             .at_ms = res.checked_at_ms, .error = res.error};
-        if (sonar_statusstore_add_check(d->store, &c, NULL) != SONAR_OK) {
+        /* The check and its probe samples in one transaction. */
+        sonar_health_sample hs[SONAR_HEALTH_N_SAMPLES];
+        sonar_promtext_label labels[2];
+        sonar_statusstore_sample_in in[SONAR_HEALTH_N_SAMPLES];
+        size_t n = probe_samples(j, &res, hs, labels, in);
+        if (sonar_statusstore_add_check_with_samples(d->store, &c, in, n, NULL) == SONAR_OK) {
+            atomic_fetch_add(&d->samples_stored, (long long)n);
+        } else {
             atomic_fetch_add(&d->store_errors, 1);
             sonar_log(SONAR_LOG_WARN, "check of %s not stored: %s", j->spec.name,
                       sonar_last_error());
         }
         if (changed)
             publish_transition(d, j, &tr, &res);
-        if (strcmp(j->spec.health, "nats") != 0)
-            store_probe_samples(d, j, &res);
     }
     size_t stored = 0;
     sonar_status sc = SONAR_OK;

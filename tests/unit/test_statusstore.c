@@ -335,6 +335,39 @@ Test(statusstore, a_bad_sample_stores_nothing_of_its_batch)
     sonar_statusstore_destroy(s);
 }
 
+Test(statusstore, a_check_and_its_samples_are_stored_together_or_not_at_all)
+{
+    sonar_statusstore *s = open_store();
+    sonar_statusstore_check c = check("cheese", "web", SONAR_HEALTH_PASSING, 100);
+    sonar_statusstore_sample_in good[] = {
+        {.service = "cheese", .name = "probe_duration_seconds", .value = 0.012, .at_ms = 100},
+        {.service = "cheese", .name = "probe_http_status_code", .value = 200, .at_ms = 100}};
+    int64_t id = 0;
+    cr_assert_eq(sonar_statusstore_add_check_with_samples(s, &c, good, 2, &id), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert_gt(id, 0);
+    sonar_statusstore_samples r = query(s, NULL, NULL, 0, 0, 0);
+    cr_assert_eq(r.count, 2);
+    sonar_statusstore_samples_finish(&r);
+
+    /* A bad sample: neither the check nor the good sample is stored. */
+    sonar_statusstore_check later = check("cheese", "web", SONAR_HEALTH_CRITICAL, 200);
+    sonar_statusstore_sample_in bad[] = {
+        {.service = "cheese", .name = "probe_duration_seconds", .value = 0.5, .at_ms = 200},
+        {.service = "cheese", .name = "9bad", .value = 1, .at_ms = 200}};
+    cr_assert_eq(sonar_statusstore_add_check_with_samples(s, &later, bad, 2, NULL),
+                 SONAR_ERR_INVALID);
+    sonar_statusstore_checks latest;
+    cr_assert_eq(sonar_statusstore_latest(s, "cheese", &latest), SONAR_OK);
+    cr_assert_eq(latest.count, 1);
+    cr_assert_eq(latest.items[0].at_ms, 100, "the refused check replaced the latest");
+    sonar_statusstore_checks_finish(&latest);
+    r = query(s, NULL, NULL, 0, 0, 0);
+    cr_assert_eq(r.count, 2, "a sample of the refused probe was stored");
+    sonar_statusstore_samples_finish(&r);
+    sonar_statusstore_destroy(s);
+}
+
 Test(statusstore, stores_a_parsed_scrape)
 {
     const char *text = "# TYPE rpc_seconds histogram\n"

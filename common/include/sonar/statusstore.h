@@ -143,6 +143,19 @@ sonar_status sonar_statusstore_add_check(sonar_statusstore *store,
                                          int64_t *out_id);
 
 /**
+ * \brief sonar_statusstore_add_check() and sonar_statusstore_add_samples()
+ *        of the same probe in one transaction: both are stored or neither
+ *        (e.g. a health check and its response-time and status-code samples).
+ * \param samples may be NULL when \p n is 0.
+ * \return as the two functions: SONAR_ERR_INVALID (nothing stored) for a
+ *         bad check or sample; SONAR_ERR_DB.
+ */
+sonar_status sonar_statusstore_add_check_with_samples(sonar_statusstore *store,
+                                                      const sonar_statusstore_check *check,
+                                                      const sonar_statusstore_sample_in *samples,
+                                                      size_t n, int64_t *out_id);
+
+/**
  * \brief The latest check of every target, ordered by service then target.
  * \param service when not NULL, only that service's targets.
  * \param out filled on success (free with sonar_statusstore_checks_finish()).
