@@ -6,6 +6,7 @@
 #define SONAR_DB_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <sqlite3.h>
@@ -34,6 +35,19 @@ sonar_status sonar__db_open_existing(sqlite3 **out, const char *path, bool read_
  * def when there is no row or the value is NULL. */
 sonar_status sonar__db_int(sqlite3 *db, const char *sql, const char *arg, int64_t def,
                            int64_t *out);
+
+/* Copies the current row of st into elem (zeroed); false when out of memory. */
+typedef bool (*sonar__db_row_fn)(sqlite3_stmt *st, void *elem);
+
+/* Runs sql (no binds) and collects one element of elem_size per row, filled
+ * by fill, into a new array. *out and *out_n are always set -- on failure to
+ * what was filled so far, which the caller frees with its own row cleanup. */
+sonar_status sonar__db_rows(sqlite3 *db, const char *sql, size_t elem_size,
+                            sonar__db_row_fn fill, void **out, size_t *out_n);
+
+/* A NUL-terminated copy (malloc) of blob column col of the current row;
+ * its length (without the NUL) in *len. NULL when out of memory. */
+void *sonar__db_blob_copy(sqlite3_stmt *st, int col, size_t *len);
 
 /* True when table `name` exists. */
 bool sonar__db_has_table(sqlite3 *db, const char *name);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -96,6 +97,57 @@ sonar_status sonar__db_int(sqlite3 *db, const char *sql, const char *arg, int64_
     sqlite3_finalize(st);
     *out = v;
     return SONAR_OK;
+}
+
+sonar_status sonar__db_rows(sqlite3 *db, const char *sql, size_t elem_size,
+                            sonar__db_row_fn fill, void **out, size_t *out_n)
+{
+    *out = NULL;
+    *out_n = 0;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return sonar__db_fail(db, sql);
+    char *items = NULL;
+    size_t n = 0, cap = 0;
+    sonar_status s = SONAR_OK;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t grown_cap = cap ? cap * 2 : 16;
+            char *grown = realloc(items, grown_cap * elem_size);
+            if (grown == NULL) {
+                s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+                break;
+            }
+            items = grown;
+            cap = grown_cap;
+        }
+        void *elem = items + n * elem_size;
+        memset(elem, 0, elem_size);
+        n++;
+        if (!fill(st, elem)) {
+            s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+            break;
+        }
+    }
+    if (s == SONAR_OK && rc != SQLITE_DONE)
+        s = sonar__db_fail(db, sql);
+    sqlite3_finalize(st);
+    *out = items;
+    *out_n = n;
+    return s;
+}
+
+void *sonar__db_blob_copy(sqlite3_stmt *st, int col, size_t *len)
+{
+    *len = (size_t)sqlite3_column_bytes(st, col);
+    char *copy = malloc(*len + 1);
+    if (copy == NULL)
+        return NULL;
+    if (*len)
+        memcpy(copy, sqlite3_column_blob(st, col), *len);
+    copy[*len] = '\0';
+    return copy;
 }
 
 bool sonar__db_has_table(sqlite3 *db, const char *name)

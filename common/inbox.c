@@ -517,6 +517,16 @@ void sonar_inbox_db_status_finish(sonar_inbox_db_status *st)
     memset(st, 0, sizeof *st);
 }
 
+static bool consumer_fill(sqlite3_stmt *st, void *elem)
+{
+    sonar_inbox_consumer_status *c = elem;
+    c->name = sonar__strdup((const char *)sqlite3_column_text(st, 0));
+    c->recorded = sqlite3_column_int64(st, 1);
+    c->last_applied_ms = sqlite3_column_int64(st, 2);
+    c->dead = sqlite3_column_int64(st, 3);
+    return c->name != NULL;
+}
+
 sonar_status sonar_inbox_db_status_read(sonar_inbox_db_status *out, const char *db_path)
 {
     sqlite3 *db = NULL;
@@ -524,43 +534,23 @@ sonar_status sonar_inbox_db_status_read(sonar_inbox_db_status *out, const char *
     if (s != SONAR_OK)
         return s;
     sonar_inbox_db_status r = {0};
-    size_t cap = 0;
-    sqlite3_stmt *st = NULL;
-    s = sonar__db_prepare(db,
-                          "SELECT name, sum(recorded), max(last_ms), sum(dead) FROM ("
-                          " SELECT name, count(*) AS recorded, max(done_ms) AS last_ms, 0 AS dead"
-                          " FROM sonar_inbox GROUP BY name"
-                          " UNION ALL SELECT name, 0, 0, count(*) FROM sonar_inbox_dead"
-                          " GROUP BY name) GROUP BY name ORDER BY name",
-                          &st);
-    int rc = SQLITE_DONE;
-    while (s == SONAR_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (r.n == cap) {
-            cap = cap ? cap * 2 : 8;
-            sonar_inbox_consumer_status *nc = realloc(r.consumers, cap * sizeof *nc);
-            if (nc == NULL) {
-                s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
-                break;
-            }
-            r.consumers = nc;
-        }
-        sonar_inbox_consumer_status *c = &r.consumers[r.n++];
-        c->name = sonar__strdup((const char *)sqlite3_column_text(st, 0));
-        c->recorded = sqlite3_column_int64(st, 1);
-        c->last_applied_ms = sqlite3_column_int64(st, 2);
-        c->dead = sqlite3_column_int64(st, 3);
-        r.recorded_total += c->recorded;
-        r.dead_total += c->dead;
-        if (c->name == NULL)
-            s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
-    }
-    if (s == SONAR_OK && rc != SQLITE_DONE)
-        s = sonar__db_fail(db, "reading the inbox tables");
-    sqlite3_finalize(st);
+    void *consumers = NULL;
+    s = sonar__db_rows(db,
+                       "SELECT name, sum(recorded), max(last_ms), sum(dead) FROM ("
+                       " SELECT name, count(*) AS recorded, max(done_ms) AS last_ms, 0 AS dead"
+                       " FROM sonar_inbox GROUP BY name"
+                       " UNION ALL SELECT name, 0, 0, count(*) FROM sonar_inbox_dead"
+                       " GROUP BY name) GROUP BY name ORDER BY name",
+                       sizeof(sonar_inbox_consumer_status), consumer_fill, &consumers, &r.n);
     sqlite3_close(db);
+    r.consumers = consumers;
     if (s != SONAR_OK) {
         sonar_inbox_db_status_finish(&r);
         return s;
+    }
+    for (size_t i = 0; i < r.n; i++) {
+        r.recorded_total += r.consumers[i].recorded;
+        r.dead_total += r.consumers[i].dead;
     }
     *out = r;
     return SONAR_OK;
@@ -580,6 +570,21 @@ void sonar_inbox_dead_rows_free(sonar_inbox_dead_row *rows, size_t n)
     free(rows);
 }
 
+static bool inbox_dead_row_fill(sqlite3_stmt *st, void *elem)
+{
+    sonar_inbox_dead_row *r = elem;
+    r->id = sqlite3_column_int64(st, 0);
+    r->name = sonar__strdup((const char *)sqlite3_column_text(st, 1));
+    r->msg_id = sonar__strdup((const char *)sqlite3_column_text(st, 2));
+    r->subject = sonar__strdup((const char *)sqlite3_column_text(st, 3));
+    r->payload = sonar__db_blob_copy(st, 4, &r->payload_len);
+    r->stream_seq = sqlite3_column_int64(st, 5);
+    r->deliveries = sqlite3_column_int64(st, 6);
+    r->error = sonar__strdup((const char *)sqlite3_column_text(st, 7));
+    r->dead_ms = sqlite3_column_int64(st, 8);
+    return r->name && r->msg_id && r->subject && r->payload && r->error;
+}
+
 sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_n,
                                    const char *db_path)
 {
@@ -587,47 +592,12 @@ sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_
     sonar_status s = open_inbox_db(&db, db_path, true);
     if (s != SONAR_OK)
         return s;
-    sqlite3_stmt *st = NULL;
-    sonar_inbox_dead_row *rows = NULL;
-    size_t n = 0, cap = 0;
-    s = sonar__db_prepare(db,
-                          "SELECT id, name, msg_id, subject, payload, stream_seq, deliveries,"
-                          " error, dead_ms FROM sonar_inbox_dead ORDER BY id",
-                          &st);
-    int rc = SQLITE_DONE;
-    while (s == SONAR_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            sonar_inbox_dead_row *nr = realloc(rows, cap * sizeof *rows);
-            if (nr == NULL) {
-                s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
-                break;
-            }
-            rows = nr;
-        }
-        sonar_inbox_dead_row *r = &rows[n++];
-        memset(r, 0, sizeof *r);
-        r->id = sqlite3_column_int64(st, 0);
-        r->name = sonar__strdup((const char *)sqlite3_column_text(st, 1));
-        r->msg_id = sonar__strdup((const char *)sqlite3_column_text(st, 2));
-        r->subject = sonar__strdup((const char *)sqlite3_column_text(st, 3));
-        r->payload_len = (size_t)sqlite3_column_bytes(st, 4);
-        r->payload = malloc(r->payload_len + 1);
-        if (r->payload) {
-            if (r->payload_len)
-                memcpy(r->payload, sqlite3_column_blob(st, 4), r->payload_len);
-            ((char *)r->payload)[r->payload_len] = '\0';
-        }
-        r->stream_seq = sqlite3_column_int64(st, 5);
-        r->deliveries = sqlite3_column_int64(st, 6);
-        r->error = sonar__strdup((const char *)sqlite3_column_text(st, 7));
-        r->dead_ms = sqlite3_column_int64(st, 8);
-        if (!r->name || !r->msg_id || !r->subject || !r->payload || !r->error)
-            s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
-    }
-    if (s == SONAR_OK && rc != SQLITE_DONE)
-        s = sonar__db_fail(db, "listing the inbox dead-letter rows");
-    sqlite3_finalize(st);
+    void *rows = NULL;
+    size_t n = 0;
+    s = sonar__db_rows(db,
+                       "SELECT id, name, msg_id, subject, payload, stream_seq, deliveries,"
+                       " error, dead_ms FROM sonar_inbox_dead ORDER BY id",
+                       sizeof(sonar_inbox_dead_row), inbox_dead_row_fill, &rows, &n);
     sqlite3_close(db);
     if (s != SONAR_OK) {
         sonar_inbox_dead_rows_free(rows, n);

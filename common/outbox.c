@@ -1704,6 +1704,21 @@ void sonar_outbox_dead_rows_free(sonar_outbox_dead_row *rows, size_t n)
     free(rows);
 }
 
+static bool outbox_dead_row_fill(sqlite3_stmt *st, void *elem)
+{
+    sonar_outbox_dead_row *r = elem;
+    r->id = sqlite3_column_int64(st, 0);
+    r->subject = sonar__strdup((const char *)sqlite3_column_text(st, 1));
+    r->payload = sonar__db_blob_copy(st, 2, &r->payload_len);
+    if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+        r->headers_json = sonar__strdup((const char *)sqlite3_column_text(st, 3));
+    r->error = sonar__strdup((const char *)sqlite3_column_text(st, 4));
+    r->attempts = sqlite3_column_int64(st, 5);
+    r->created_ms = sqlite3_column_int64(st, 6);
+    r->dead_ms = sqlite3_column_int64(st, 7);
+    return r->subject && r->payload && r->error;
+}
+
 sonar_status sonar_outbox_dead_list(sonar_outbox_dead_row **out_rows, size_t *out_n,
                                     const char *db_path)
 {
@@ -1711,48 +1726,12 @@ sonar_status sonar_outbox_dead_list(sonar_outbox_dead_row **out_rows, size_t *ou
     sonar_status s = open_outbox_db(&db, db_path, true);
     if (s != SONAR_OK)
         return s;
-    sqlite3_stmt *st = NULL;
-    sonar_outbox_dead_row *rows = NULL;
-    size_t n = 0, cap = 0;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT id, subject, payload, headers, error, attempts, created_ms,"
-                           " dead_ms FROM sonar_outbox_dead ORDER BY id",
-                           -1, &st, NULL) != SQLITE_OK) {
-        s = sonar__db_fail(db, "listing dead-letter rows");
-        sqlite3_close(db);
-        return s;
-    }
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            sonar_outbox_dead_row *nr = realloc(rows, cap * sizeof *rows);
-            if (nr == NULL) {
-                s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
-                break;
-            }
-            rows = nr;
-        }
-        sonar_outbox_dead_row *r = &rows[n++];
-        memset(r, 0, sizeof *r);
-        r->id = sqlite3_column_int64(st, 0);
-        r->subject = sonar__strdup((const char *)sqlite3_column_text(st, 1));
-        r->payload_len = (size_t)sqlite3_column_bytes(st, 2);
-        r->payload = malloc(r->payload_len + 1);
-        if (r->payload) {
-            if (r->payload_len)
-                memcpy(r->payload, sqlite3_column_blob(st, 2), r->payload_len);
-            ((char *)r->payload)[r->payload_len] = '\0';
-        }
-        r->headers_json = sonar__strdup((const char *)sqlite3_column_text(st, 3));
-        r->error = sonar__strdup((const char *)sqlite3_column_text(st, 4));
-        r->attempts = sqlite3_column_int64(st, 5);
-        r->created_ms = sqlite3_column_int64(st, 6);
-        r->dead_ms = sqlite3_column_int64(st, 7);
-    }
-    if (s == SONAR_OK && rc != SQLITE_DONE)
-        s = sonar__db_fail(db, "listing dead-letter rows");
-    sqlite3_finalize(st);
+    void *rows = NULL;
+    size_t n = 0;
+    s = sonar__db_rows(db,
+                       "SELECT id, subject, payload, headers, error, attempts, created_ms,"
+                       " dead_ms FROM sonar_outbox_dead ORDER BY id",
+                       sizeof(sonar_outbox_dead_row), outbox_dead_row_fill, &rows, &n);
     sqlite3_close(db);
     if (s != SONAR_OK) {
         sonar_outbox_dead_rows_free(rows, n);
