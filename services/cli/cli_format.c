@@ -566,6 +566,7 @@ static const struct {
     {"sonar.gather.", SONAR_CLI_EV_GATHER},
     {"sonar.result.", SONAR_CLI_EV_RESULT},
     {"sonar.report.", SONAR_CLI_EV_REPORT},
+    {"sonar.health.", SONAR_CLI_EV_HEALTH},
 };
 
 sonar_cli_event sonar_cli_event_kind(const char *subject)
@@ -589,6 +590,7 @@ const char *sonar_cli_event_name(sonar_cli_event ev)
     case SONAR_CLI_EV_GATHER: return "gather";
     case SONAR_CLI_EV_RESULT: return "result";
     case SONAR_CLI_EV_REPORT: return "report";
+    case SONAR_CLI_EV_HEALTH: return "health";
     case SONAR_CLI_EV_UNKNOWN: break;
     }
     return "unknown";
@@ -698,6 +700,7 @@ bool sonar_cli_watch_filter_pass(sonar_cli_watch_filter *f, sonar_cli_event ev,
         return cid && json_object_get(f->changes, cid) != NULL;
     }
     case SONAR_CLI_EV_REPORT:
+    case SONAR_CLI_EV_HEALTH:
         return is_filtered(f, jstr(msg, "service"));
     case SONAR_CLI_EV_UNKNOWN:
         break;
@@ -756,6 +759,17 @@ static char *event_detail(sonar_cli_event ev, const char *subject, const json_t 
                       jint(counts, "expected", 0), c ? c : "?", jint(msg, "duration_ms", 0));
         free(c);
         return s;
+    }
+    case SONAR_CLI_EV_HEALTH: {
+        const char *err = jstr(msg, "error");
+        int64_t code = jint(msg, "http_code", 0);
+        char codebuf[32] = "no response";
+        if (code > 0)
+            snprintf(codebuf, sizeof codebuf, "HTTP %" PRId64, code);
+        return fmt("%s/%s: %s -> %s (%s, %" PRId64 " ms)%s%s", jstr_or(msg, "service", "?"),
+                   jstr_or(msg, "target", "?"), jstr_or(msg, "from", "?"),
+                   jstr_or(msg, "to", "?"), codebuf, jint(msg, "duration_ms", 0),
+                   err && *err ? ": " : "", err && *err ? err : "");
     }
     case SONAR_CLI_EV_UNKNOWN:
         break;

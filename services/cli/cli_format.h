@@ -88,6 +88,7 @@ typedef enum sonar_cli_event {
     SONAR_CLI_EV_GATHER,   /* sonar.gather.<change_id> */
     SONAR_CLI_EV_RESULT,   /* sonar.result.<change_id>.<responder> */
     SONAR_CLI_EV_REPORT,   /* sonar.report.<service> */
+    SONAR_CLI_EV_HEALTH,   /* sonar.health.<service> (statusd's transitions) */
 } sonar_cli_event;
 
 /* Kind of a feed subject; SONAR_CLI_EV_UNKNOWN for anything else. */

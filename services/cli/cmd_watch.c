@@ -12,9 +12,10 @@
 /* Where reports are replayed from by --since (sonard's outbox stream). */
 #define REPORT_STREAM SONAR_EVENTS_STREAM
 #define REPORT_STREAM_SUBJECTS SONAR_SUBJ_REPORT_PREFIX "*"
+#define HEALTH_STREAM_SUBJECTS "sonar.health.*"
 
 /* Gap fills after a reconnect get tags GAP_TAG_BASE, GAP_TAG_BASE + 1, ... */
-enum { TAG_LIVE = 1, TAG_REPLAY, GAP_TAG_BASE = 100 };
+enum { TAG_LIVE = 1, TAG_REPLAY = 2, /* and 3 */ GAP_TAG_BASE = 100 };
 
 /* Reports remembered for de-duplication before the memory is reset. */
 #define REPORTS_SEEN_MAX 10000
@@ -25,19 +26,21 @@ static const char usage_text[] =
     "Prints what happens on the bus as it happens, one line per event:\n"
     "registrations (first sighting of an instance, and when its version or\n"
     "address changes; heartbeats are not repeated), leaves, change\n"
-    "announcements, gathers, check results and reports. With a service, only\n"
-    "events about that service (its changes' gathers and results included).\n"
+    "announcements, gathers, check results, reports and health transitions\n"
+    "(statusd). With a service, only events about that service (its changes'\n"
+    "gathers and results included).\n"
     "Runs until interrupted (Ctrl-C or SIGTERM, exit 0). When the bus is lost it\n"
-    "says so, reconnects by itself and says when it is back; the reports published\n"
-    "meanwhile are replayed from the " REPORT_STREAM " stream when it exists, other\n"
-    "events in between are missed.\n"
+    "says so, reconnects by itself and says when it is back; the reports and health\n"
+    "transitions published meanwhile are replayed from the " REPORT_STREAM " stream\n"
+    "when it exists, other events in between are missed.\n"
     "\n"
     "Options:\n"
     "  --json             one JSON object per line:\n"
     "                     {\"time\",\"event\",\"subject\",\"message\",\"replayed\"?}\n"
     "                     (a lost bus: {\"time\",\"event\":\"disconnected\",\"server\"},\n"
     "                     then \"reconnected\" with \"replaying\": true|false)\n"
-    "  --since DURATION   first replay the reports of the last DURATION (e.g. 1h)\n"
+    "  --since DURATION   first replay the reports and health transitions of the\n"
+    "                     last DURATION (e.g. 1h)\n"
     "                     from the " REPORT_STREAM " JetStream stream\n"
     "\n"
     "Exit codes: 0 interrupted, 2 bad arguments, 3 error (bus unreachable).\n";
@@ -126,6 +129,36 @@ static bool valid_event(sonar_cli_event ev, const char *subject, const char *dat
         sonar_report_finish(&m);
         break;
     }
+    case SONAR_CLI_EV_HEALTH: {
+        /* statusd's sonar.health.v1 (docs/statusd.md): no codec in protocol.h. */
+        const char *type = json_string_value(json_object_get(v, "type"));
+        const char *service = json_string_value(json_object_get(v, "service"));
+        const char *target = json_string_value(json_object_get(v, "target"));
+        const char *from = json_string_value(json_object_get(v, "from"));
+        const char *to = json_string_value(json_object_get(v, "to"));
+        json_t *err = json_object_get(v, "error");
+        sonar_health_status st;
+        if (type == NULL || strcmp(type, "sonar.health.v1") != 0) {
+            snprintf(why, whylen, "type is not sonar.health.v1");
+            return false;
+        }
+        if (!sonar_name_valid(service) || strcmp(service, token) != 0) {
+            snprintf(why, whylen, "health event needs the service of its subject");
+            return false;
+        }
+        if (target == NULL || *target == '\0' || from == NULL || to == NULL ||
+            sonar_health_status_parse(from, &st) != SONAR_OK ||
+            sonar_health_status_parse(to, &st) != SONAR_OK ||
+            !json_is_string(json_object_get(v, "time")) ||
+            !json_is_integer(json_object_get(v, "http_code")) ||
+            !json_is_integer(json_object_get(v, "duration_ms")) ||
+            !(err == NULL || json_is_null(err) || json_is_string(err))) {
+            snprintf(why, whylen, "health event needs target, from, to (health statuses),"
+                                  " time, http_code and duration_ms");
+            return false;
+        }
+        return true;
+    }
     case SONAR_CLI_EV_UNKNOWN:
         snprintf(why, whylen, "unexpected subject");
         return false;
@@ -170,39 +203,38 @@ static void show(watch *w, natsMsg *msg, int tag)
         return;
     }
     bool replayed = false;
-    if (ev == SONAR_CLI_EV_REPORT) {
-        /* A report can come both from the stream and live: show it once.
-         * A repeat on the same path (a re-announced change) is shown; a gap
-         * fill shows only reports no path showed yet. */
-        const char *cid = json_string_value(json_object_get(v, "change_id"));
-        json_t *seen = json_object_get(w->reports_seen, cid);
-        bool gap = tag >= GAP_TAG_BASE;
-        if (gap) {
-            jsMsgMetaData *meta = NULL;
-            if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
-                if (meta->NumPending == 0) /* caught up: the gap is filled */
-                    sonar_cli_queue_unsubscribe(w->q, tag);
-                now = meta->Timestamp / 1000000;
-                replayed = true;
-                jsMsgMetaData_Destroy(meta);
-            }
+    if (tag != TAG_LIVE) { /* from the stream: when it was stored */
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+            now = meta->Timestamp / 1000000;
+            replayed = tag >= GAP_TAG_BASE || now < w->started_wall_ms;
+            if (tag >= GAP_TAG_BASE && meta->NumPending == 0)
+                sonar_cli_queue_unsubscribe(w->q, tag); /* caught up: the gap is filled */
+            jsMsgMetaData_Destroy(meta);
         }
-        if (seen && (gap || json_integer_value(seen) != tag)) {
+    }
+    if (ev == SONAR_CLI_EV_REPORT || ev == SONAR_CLI_EV_HEALTH) {
+        /* Stored events can come both from the stream and live: show them
+         * once. A repeat on the same path (a re-announced change) is shown;
+         * a gap fill shows only what no path showed yet. */
+        char key[600];
+        if (ev == SONAR_CLI_EV_REPORT)
+            snprintf(key, sizeof key, "%s", json_string_value(json_object_get(v, "change_id")));
+        else /* a transition: its target, time and new status */
+            snprintf(key, sizeof key, "health %s %s %s %s",
+                     json_string_value(json_object_get(v, "service")),
+                     json_string_value(json_object_get(v, "target")),
+                     json_string_value(json_object_get(v, "time")),
+                     json_string_value(json_object_get(v, "to")));
+        json_t *seen = json_object_get(w->reports_seen, key);
+        if (seen && (tag >= GAP_TAG_BASE || json_integer_value(seen) != tag)) {
             json_decref(v);
             return;
         }
         if (seen == NULL) {
             if (json_object_size(w->reports_seen) >= REPORTS_SEEN_MAX)
                 json_object_clear(w->reports_seen);
-            json_object_set_new(w->reports_seen, cid, json_integer(tag));
-        }
-        if (tag == TAG_REPLAY) {
-            jsMsgMetaData *meta = NULL;
-            if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
-                now = meta->Timestamp / 1000000;
-                replayed = now < w->started_wall_ms;
-                jsMsgMetaData_Destroy(meta);
-            }
+            json_object_set_new(w->reports_seen, key, json_integer(tag));
         }
     }
     if (sonar_cli_watch_filter_pass(w->filter, ev, subject, v)) {
@@ -244,19 +276,24 @@ static bool reports_stream(natsConnection *nc, jsCtx **js, bool say)
     return false;
 }
 
-/* Replays the reports stored since \p from_wall_ms, tagged \p tag. */
+/* Replays the reports (tagged \p tag) and the health transitions (tagged
+ * \p tag + 1: each consumer is dropped on its own once caught up) stored
+ * since \p from_wall_ms. */
 static bool replay_reports(sonar_cli_queue *q, jsCtx *js, int64_t from_wall_ms, int tag)
 {
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = REPORT_STREAM;
-    so.Ordered = true;
-    so.Config.DeliverPolicy = js_DeliverByStartTime;
-    so.Config.OptStartTime = from_wall_ms * 1000000;
-    if (sonar_cli_queue_subscribe_js(q, js, REPORT_STREAM_SUBJECTS, &so, tag) != SONAR_OK) {
-        fprintf(stderr, "sonar watch: cannot replay reports: %s; showing live events only\n",
-                sonar_cli_last_error());
-        return false;
+    static const char *const subjects[] = {REPORT_STREAM_SUBJECTS, HEALTH_STREAM_SUBJECTS};
+    for (int i = 0; i < 2; i++) {
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = REPORT_STREAM;
+        so.Ordered = true;
+        so.Config.DeliverPolicy = js_DeliverByStartTime;
+        so.Config.OptStartTime = from_wall_ms * 1000000;
+        if (sonar_cli_queue_subscribe_js(q, js, subjects[i], &so, tag + i) != SONAR_OK) {
+            fprintf(stderr, "sonar watch: cannot replay %s: %s; showing live events only\n",
+                    subjects[i], sonar_cli_last_error());
+            return false;
+        }
     }
     return true;
 }
@@ -268,14 +305,16 @@ static bool fill_gap(watch *w, natsConnection *nc, jsCtx **js, int64_t lost_wall
 {
     if (!reports_stream(nc, js, false))
         return false;
-    return replay_reports(w->q, *js, lost_wall_ms - 2000, GAP_TAG_BASE + w->gaps++);
+    int tag = GAP_TAG_BASE + 2 * w->gaps++; /* and tag + 1 */
+    return replay_reports(w->q, *js, lost_wall_ms - 2000, tag);
 }
 
 /* Subscribes the live feed, narrowed to one service where the subject allows. */
 static int subscribe_live(sonar_cli_queue *q, natsConnection *nc, const char *service)
 {
     static const char *const per_service[] = {"sonar.register.", "sonar.leave.",
-                                              "sonar.change.", "sonar.report."};
+                                              "sonar.change.", "sonar.report.",
+                                              "sonar.health."};
     char subject[128];
     for (size_t i = 0; i < sizeof per_service / sizeof per_service[0]; i++) {
         snprintf(subject, sizeof subject, "%s%s", per_service[i], service ? service : "*");

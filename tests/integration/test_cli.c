@@ -625,8 +625,26 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
     natsConnection_Flush(nc);
     cr_assert(test_proc_wait_output(&proc, "\"event\":\"leave\"", 10000), "%s", proc.out);
     cr_assert(test_proc_wait_output(&proc, "\"event\":\"invalid\"", 10000), "%s", proc.out);
+    natsConnection_PublishString(nc, "sonar.health.websvc",
+                                 "{\"type\":\"sonar.health.v1\",\"service\":\"websvc\","
+                                 "\"target\":\"web\",\"from\":\"unknown\",\"to\":\"passing\","
+                                 "\"time\":\"2026-12-05T10:00:00.000Z\",\"http_code\":200,"
+                                 "\"duration_ms\":3,\"error\":null}");
+    natsConnection_Flush(nc);
+    cr_assert(test_proc_wait_output(&proc, "\"event\":\"health\"", 10000), "%s", proc.out);
+    /* A health event about another service than its subject's: invalid. */
+    natsConnection_PublishString(nc, "sonar.health.websvc",
+                                 "{\"type\":\"sonar.health.v1\",\"service\":\"other\","
+                                 "\"target\":\"web\",\"from\":\"unknown\",\"to\":\"passing\","
+                                 "\"time\":\"2026-12-05T10:00:00.000Z\",\"http_code\":200,"
+                                 "\"duration_ms\":3,\"error\":null}");
+    natsConnection_Flush(nc);
+    cr_assert(TEST_WAIT_UNTIL((test_proc_pump(&proc, 50),
+                               strstr(proc.out, "health event needs the service") != NULL),
+                              10000),
+              "%s", proc.out);
 
-    /* Every line is a JSON object; one invalid, one register, one leave. */
+    /* Every line is a JSON object; two invalid, one register, one leave. */
     int registers = 0, invalid = 0, leaves = 0;
     char *copy = strdup(proc.out), *save = NULL;
     for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -645,7 +663,7 @@ Test(cli, watch_json_prints_a_registration_line_then_stops_cleanly, .init = setu
     }
     free(copy);
     cr_assert_eq(registers, 1, "%s", proc.out);
-    cr_assert_eq(invalid, 1, "%s", proc.out);
+    cr_assert_eq(invalid, 2, "%s", proc.out);
     cr_assert_eq(leaves, 1);
 
     test_proc_signal(&proc, SIGTERM);
@@ -723,6 +741,21 @@ static void store_report(const char *cid)
     free(text);
 }
 
+/* A health transition of websvc/web at `time`, stored in the events stream. */
+static void store_health(const char *time, const char *to)
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"type\":\"sonar.health.v1\",\"service\":\"websvc\",\"target\":\"web\","
+             "\"from\":\"passing\",\"to\":\"%s\",\"time\":\"%s\",\"http_code\":503,"
+             "\"duration_ms\":2,\"error\":\"HTTP 503\"}",
+             to, time);
+    natsMsg *ack = NULL;
+    cr_assert_eq(natsConnection_RequestString(&ack, nc, "sonar.health.websvc", body, 5000),
+                 NATS_OK, "no PubAck for the health event at %s", time);
+    natsMsg_Destroy(ack);
+}
+
 static int occurrences(const char *hay, const char *needle)
 {
     int n = 0;
@@ -743,8 +776,11 @@ Test(cli, watch_replays_the_reports_it_missed_while_the_bus_was_lost, .init = se
     start_watch(extra);
     wait_watch_ready();
     store_report("before-gap");
+    store_health("2026-12-05T10:00:00.000Z", "critical");
     cr_assert(test_proc_wait_output(&proc, "\"change_id\":\"before-gap\"", 10000), "%s",
               proc.out);
+    cr_assert(test_proc_wait_output(&proc, "\"time\":\"2026-12-05T10:00:00.000Z\"", 10000),
+              "%s", proc.out);
     test_natsd_stop(&natsd);
     cr_assert(test_proc_wait_output(&proc, "\"event\":\"disconnected\"", 10000), "%s",
               proc.out);
@@ -753,6 +789,7 @@ Test(cli, watch_replays_the_reports_it_missed_while_the_bus_was_lost, .init = se
     cr_assert(test_natsd_restart(&natsd));
     cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
     store_report("in-the-gap");
+    store_health("2026-12-05T10:00:05.000Z", "passing");
     test_proc_signal(&proc, SIGCONT);
     cr_assert(test_proc_wait_output(&proc, "\"replaying\":true", 20000), "%s", proc.out);
     cr_assert(test_proc_wait_output(&proc, "\"change_id\":\"in-the-gap\"", 10000), "%s",
@@ -766,6 +803,11 @@ Test(cli, watch_replays_the_reports_it_missed_while_the_bus_was_lost, .init = se
               "the missed report is not marked replayed: %s", proc.out);
     cr_assert_eq(occurrences(proc.out, "\"change_id\":\"before-gap\""), 1,
                  "a report shown before the gap was shown again: %s", proc.out);
+    /* Health transitions too: the one of the gap replayed, the earlier one not repeated. */
+    cr_assert(test_proc_wait_output(&proc, "\"time\":\"2026-12-05T10:00:05.000Z\"", 10000),
+              "%s", proc.out);
+    cr_assert_eq(occurrences(proc.out, "\"time\":\"2026-12-05T10:00:00.000Z\""), 1,
+                 "a health event shown before the gap was shown again: %s", proc.out);
     test_proc_signal(&proc, SIGTERM);
     cr_assert(test_proc_wait(&proc, 10000), "%s", proc.err);
     cr_assert_eq(test_proc_exit_code(&proc), 0, "%s", proc.err);

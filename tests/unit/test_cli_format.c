@@ -429,6 +429,36 @@ Test(cli_format, feed_lines_human_and_json, .fini = cap_close)
     json_decref(r);
 }
 
+Test(cli_format, a_health_transition_is_a_feed_line_and_follows_the_service_filter,
+     .fini = cap_close)
+{
+    int64_t t = 1700000000123LL; /* 2023-11-14T22:13:20.123Z */
+    json_t *h = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:s}", "type",
+                          "sonar.health.v1", "service", "websvc", "target", "web", "from",
+                          "passing", "to", "critical", "time", "2023-11-14T22:13:20.100Z",
+                          "http_code", 503, "duration_ms", 2, "error", "HTTP 503");
+    cr_assert_eq(sonar_cli_event_kind("sonar.health.websvc"), SONAR_CLI_EV_HEALTH);
+    cap_open();
+    sonar_cli_print_event(cap, SONAR_CLI_EV_HEALTH, "sonar.health.websvc", h, t, false);
+    cr_assert_str_eq(cap_text(), "22:13:20.123Z health   websvc/web: passing -> critical "
+                                 "(HTTP 503, 2 ms): HTTP 503\n");
+    cap_close();
+    json_object_set_new(h, "http_code", json_integer(0));
+    json_object_set_new(h, "error", json_null());
+    cap_open();
+    sonar_cli_print_event(cap, SONAR_CLI_EV_HEALTH, "sonar.health.websvc", h, t, true);
+    cr_assert_str_eq(cap_text(), "22:13:20.123Z health   websvc/web: passing -> critical "
+                                 "(no response, 2 ms) [replayed]\n");
+    sonar_cli_watch_filter *mine = sonar_cli_watch_filter_create("websvc");
+    sonar_cli_watch_filter *other = sonar_cli_watch_filter_create("orders");
+    cr_assert(sonar_cli_watch_filter_pass(mine, SONAR_CLI_EV_HEALTH, "sonar.health.websvc", h));
+    cr_assert_not(
+        sonar_cli_watch_filter_pass(other, SONAR_CLI_EV_HEALTH, "sonar.health.websvc", h));
+    sonar_cli_watch_filter_destroy(mine);
+    sonar_cli_watch_filter_destroy(other);
+    json_decref(h);
+}
+
 Test(cli_format, a_lost_bus_and_its_return_are_lines_of_the_feed, .fini = cap_close)
 {
     int64_t t = 1700000000123LL; /* 2023-11-14T22:13:20.123Z */
