@@ -1078,6 +1078,11 @@ static sonar_status settle_prefix(sonar_outbox *ob, size_t k)
     pthread_mutex_lock(&ob->mu);
     window_drop(ob, k);
     ob->st.published += n_ok;
+    /* The counted backlog shrinks now, not at the next count (rows enqueued
+     * since that count are added by it, about once a second). */
+    ob->st.pending = ob->st.pending > n_ok + n_dead ? ob->st.pending - n_ok - n_dead : 0;
+    if (ob->st.pending == 0)
+        ob->st.oldest_pending_age_ms = 0;
     ob->st.duplicates += n_dup;
     ob->st.retries += n_retry;
     ob->st.dead += n_dead;

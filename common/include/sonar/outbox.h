@@ -187,7 +187,8 @@ void sonar_outbox_destroy(sonar_outbox *ob);
 
 /** Figures of one relay since it started (counters) and of its table (gauges). */
 typedef struct sonar_outbox_stats {
-    int64_t pending;            /**< rows waiting to be published (refreshed about once a second) */
+    int64_t pending;            /**< rows waiting to be published: counted about once a
+                                     second, lowered at once as rows are confirmed or dead */
     int64_t oldest_pending_age_ms; /**< age of the oldest pending row; 0 when none */
     int64_t published;          /**< rows confirmed by a PubAck (duplicates included) */
     int64_t duplicates;         /**< of which the server already had (duplicate: true) */
