@@ -31,6 +31,11 @@ void sonar__db_fast_busy(sqlite3 *db);
  * exist, SONAR_ERR_DB otherwise. */
 sonar_status sonar__db_open_existing(sqlite3 **out, const char *path, bool read_only);
 
+/* sonar__db_open_existing(), then refuses (SONAR_ERR_INVALID, "<path>: not
+ * an <kind> database") a file lacking any of the NULL-terminated tables. */
+sonar_status sonar__db_open_with_tables(sqlite3 **out, const char *path, bool read_only,
+                                        const char *const *tables, const char *kind);
+
 /* One integer from a single-row query with an optional text bind (?1); writes
  * def when there is no row or the value is NULL. */
 sonar_status sonar__db_int(sqlite3 *db, const char *sql, const char *arg, int64_t def,

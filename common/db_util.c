@@ -99,6 +99,25 @@ sonar_status sonar__db_int(sqlite3 *db, const char *sql, const char *arg, int64_
     return SONAR_OK;
 }
 
+sonar_status sonar__db_open_with_tables(sqlite3 **out, const char *path, bool read_only,
+                                        const char *const *tables, const char *kind)
+{
+    sqlite3 *db = NULL;
+    sonar_status s = sonar__db_open_existing(&db, path, read_only);
+    if (s != SONAR_OK)
+        return s;
+    for (const char *const *t = tables; *t != NULL; t++) {
+        if (!sonar__db_has_table(db, *t)) {
+            /* A non-SQLite file fails here too ("file is not a database"). */
+            s = sonar__fail(SONAR_ERR_INVALID, "%s: not an %s database", path, kind);
+            sqlite3_close(db);
+            return s;
+        }
+    }
+    *out = db;
+    return SONAR_OK;
+}
+
 sonar_status sonar__db_rows(sqlite3 *db, const char *sql, size_t elem_size,
                             sonar__db_row_fn fill, void **out, size_t *out_n)
 {

@@ -493,18 +493,8 @@ json_t *sonar_inbox_stats_json(sonar_inbox *in)
 
 static sonar_status open_inbox_db(sqlite3 **out, const char *path, bool read_only)
 {
-    sqlite3 *db = NULL;
-    sonar_status s = sonar__db_open_existing(&db, path, read_only);
-    if (s != SONAR_OK)
-        return s;
-    if (!sonar__db_has_table(db, "sonar_inbox") || !sonar__db_has_table(db, "sonar_inbox_dead")) {
-        /* A non-SQLite file fails here too ("file is not a database"). */
-        s = sonar__fail(SONAR_ERR_INVALID, "%s: not an inbox database", path);
-        sqlite3_close(db);
-        return s;
-    }
-    *out = db;
-    return SONAR_OK;
+    static const char *const tables[] = {"sonar_inbox", "sonar_inbox_dead", NULL};
+    return sonar__db_open_with_tables(out, path, read_only, tables, "inbox");
 }
 
 void sonar_inbox_db_status_finish(sonar_inbox_db_status *st)

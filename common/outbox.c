@@ -1637,20 +1637,9 @@ json_t *sonar_outbox_stats_json(sonar_outbox *ob)
 
 static sonar_status open_outbox_db(sqlite3 **out, const char *path, bool read_only)
 {
-    sqlite3 *db = NULL;
-    sonar_status s = sonar__db_open_existing(&db, path, read_only);
-    if (s != SONAR_OK)
-        return s;
-    if (!sonar__db_has_table(db, "sonar_outbox_meta") || !sonar__db_has_table(db, "sonar_outbox") ||
-        !sonar__db_has_table(db, "sonar_outbox_dead") ||
-        !sonar__db_has_table(db, "sonar_outbox_sent")) {
-        /* A non-SQLite file fails here too ("file is not a database"). */
-        s = sonar__fail(SONAR_ERR_INVALID, "%s: not an outbox database", path);
-        sqlite3_close(db);
-        return s;
-    }
-    *out = db;
-    return SONAR_OK;
+    static const char *const tables[] = {"sonar_outbox_meta", "sonar_outbox",
+                                        "sonar_outbox_dead", "sonar_outbox_sent", NULL};
+    return sonar__db_open_with_tables(out, path, read_only, tables, "outbox");
 }
 
 sonar_status sonar_outbox_db_status_read(sonar_outbox_db_status *out, const char *db_path)
