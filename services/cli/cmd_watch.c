@@ -17,8 +17,9 @@
 /* Gap fills after a reconnect get tags GAP_TAG_BASE, GAP_TAG_BASE + 1, ... */
 enum { TAG_LIVE = 1, TAG_REPLAY = 2, /* and 3 */ GAP_TAG_BASE = 100 };
 
-/* Reports remembered for de-duplication before the memory is reset. */
-#define REPORTS_SEEN_MAX 10000
+/* Stored events (reports, health transitions) remembered for de-duplication
+ * before the memory is reset. */
+#define STORED_SEEN_MAX 10000
 
 static const char usage_text[] =
     "usage: sonar watch [service] [--json] [--since DURATION]\n"
@@ -174,7 +175,7 @@ typedef struct watch {
     bool json;
     int64_t started_wall_ms;
     sonar_cli_watch_filter *filter;
-    json_t *reports_seen; /* change id -> tag of the path that showed its report */
+    json_t *stored_seen;  /* report change id or health key -> tag of the path that showed it */
     sonar_cli_queue *q;
     int gaps;             /* gap fills started */
 } watch;
@@ -226,15 +227,15 @@ static void show(watch *w, natsMsg *msg, int tag)
                      json_string_value(json_object_get(v, "target")),
                      json_string_value(json_object_get(v, "time")),
                      json_string_value(json_object_get(v, "to")));
-        json_t *seen = json_object_get(w->reports_seen, key);
+        json_t *seen = json_object_get(w->stored_seen, key);
         if (seen && (tag >= GAP_TAG_BASE || json_integer_value(seen) != tag)) {
             json_decref(v);
             return;
         }
         if (seen == NULL) {
-            if (json_object_size(w->reports_seen) >= REPORTS_SEEN_MAX)
-                json_object_clear(w->reports_seen);
-            json_object_set_new(w->reports_seen, key, json_integer(tag));
+            if (json_object_size(w->stored_seen) >= STORED_SEEN_MAX)
+                json_object_clear(w->stored_seen);
+            json_object_set_new(w->stored_seen, key, json_integer(tag));
         }
     }
     if (sonar_cli_watch_filter_pass(w->filter, ev, subject, v)) {
@@ -360,14 +361,14 @@ int sonar_cmd_watch(int argc, char **argv)
 
     watch w = {.json = json, .started_wall_ms = sonar_wall_ms()};
     w.filter = sonar_cli_watch_filter_create(service);
-    w.reports_seen = json_object();
+    w.stored_seen = json_object();
     sonar_bus *bus = NULL;
     sonar_cli_queue *q = NULL;
     jsCtx *js = NULL;
     bool waiter_started = false;
     pthread_t waiter_thread;
     int rc = SONAR_CLI_EXIT_ERROR;
-    if (w.filter == NULL || w.reports_seen == NULL || (q = sonar_cli_queue_create()) == NULL) {
+    if (w.filter == NULL || w.stored_seen == NULL || (q = sonar_cli_queue_create()) == NULL) {
         rc = sonar_cli_die("watch", SONAR_CLI_EXIT_ERROR, "out of memory");
         goto cleanup;
     }
@@ -433,6 +434,6 @@ cleanup:
     jsCtx_Destroy(js);
     sonar_bus_destroy(bus);
     sonar_cli_watch_filter_destroy(w.filter);
-    json_decref(w.reports_seen);
+    json_decref(w.stored_seen);
     return rc;
 }
