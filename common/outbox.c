@@ -1381,6 +1381,9 @@ static void *relay_main(void *arg)
     /* For top -H, perf and gdb; the threads nats.c starts for the relay's
      * connection (started from here) inherit the name. */
     pthread_setname_np(pthread_self(), "sonar-outbox");
+    if (ob->cfg.relay_nice > 0 && sonar_thread_lower_priority(ob->cfg.relay_nice) != SONAR_OK)
+        sonar_log(SONAR_LOG_WARN, "outbox %s: relay priority unchanged: %s", ob->name,
+                  sonar_last_error());
     warn_beyond_window(ob);
     refresh_pending(ob);
     ob->idle_ms = ob->cfg.idle_min_ms;
@@ -1478,8 +1481,11 @@ static sonar_status config_defaults(sonar_outbox_config *c)
 {
     if (c->max_in_flight < 0 || c->ack_timeout_ms < 0 || c->idle_min_ms < 0 ||
         c->idle_max_ms < 0 || c->retry_min_ms < 0 || c->retry_max_ms < 0 ||
-        c->retention_ms < 0 || c->no_stream_grace_ms < 0 || c->duplicate_window_ms < 0)
+        c->retention_ms < 0 || c->no_stream_grace_ms < 0 || c->duplicate_window_ms < 0 ||
+        c->relay_nice < 0)
         return sonar__fail(SONAR_ERR_INVALID, "outbox config: values must not be negative");
+    if (c->relay_nice > 39)
+        return sonar__fail(SONAR_ERR_INVALID, "outbox config: relay_nice over 39");
     if (c->max_in_flight == 0)
         c->max_in_flight = 1024;
     if (c->max_in_flight > 65536)

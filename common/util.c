@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 
 #include "internal.h"
 
@@ -177,6 +178,22 @@ int sonar_stop_signal_wait(void)
     return sig;
 }
 
+sonar_status sonar_thread_lower_priority(int increment)
+{
+    if (increment < 0 || increment > 39)
+        return sonar__fail(SONAR_ERR_INVALID, "nice increment %d is not in 0..39", increment);
+    /* Linux: PRIO_PROCESS with a thread id sets that thread's nice only. */
+    id_t self = (id_t)gettid();
+    errno = 0;
+    int now = getpriority(PRIO_PROCESS, self);
+    if (now == -1 && errno != 0)
+        return sonar__fail(SONAR_ERR_IO, "getpriority: %s", strerror(errno));
+    int want = now + increment > 19 ? 19 : now + increment;
+    if (setpriority(PRIO_PROCESS, self, want) != 0)
+        return sonar__fail(SONAR_ERR_IO, "setpriority %d: %s", want, strerror(errno));
+    return SONAR_OK;
+}
+
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static char log_name[64] = "sonar";
 
@@ -197,12 +214,32 @@ void sonar_log(sonar_log_level level, const char *fmt, ...)
     }
     char ts[40];
     sonar_format_rfc3339(sonar_wall_ms(), ts, sizeof ts);
+    /* One line, one write(): lines of several threads or processes sharing
+     * the file never interleave (PIPE_BUF bytes at most), and a line costs
+     * one system call. Longer lines are cut, ending in "...". */
+    char line[4096];
+    const size_t room = sizeof line - 1; /* the newline always fits */
+    pthread_mutex_lock(&log_lock);
+    int n = snprintf(line, room, "%s %s %s: ", ts, names[level], log_name);
+    pthread_mutex_unlock(&log_lock);
+    size_t len = n < 0 ? 0 : (size_t)n >= room ? room - 1 : (size_t)n;
     va_list ap;
     va_start(ap, fmt);
-    pthread_mutex_lock(&log_lock);
-    fprintf(stderr, "%s %s %s: ", ts, names[level], log_name);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    pthread_mutex_unlock(&log_lock);
+    n = vsnprintf(line + len, room - len, fmt, ap);
     va_end(ap);
+    if (n > 0 && (size_t)n >= room - len) {
+        len = room - 1;
+        memcpy(line + len - 3, "...", 3);
+    } else if (n > 0) {
+        len += (size_t)n;
+    }
+    line[len++] = '\n';
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(STDERR_FILENO, line + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
 }

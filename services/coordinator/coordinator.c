@@ -417,16 +417,18 @@ static sonar_status store_and_publish(sonar_coordinator *c, const sonar_change_m
 {
     if (c->outbox == NULL) {
         publish_report(c, ch->service, report);
-        return sonar_store_put_report(c->store, ch->change_id, ch->service,
-                                      sonar_outcome_str(verdict), sonar_wall_ms(), report);
+        return sonar_store_write_report_event(c->store, ch->change_id, ch->service,
+                                              sonar_outcome_str(verdict), sonar_wall_ms(),
+                                              report, NULL, NULL);
     }
     char *subject = NULL;
     sonar_status s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
     const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
+    /* On the store's writer thread, at its lower priority: the reply went out already. */
     if (s == SONAR_OK)
-        s = sonar_store_put_report_event(c->store, ch->change_id, ch->service,
-                                         sonar_outcome_str(verdict), sonar_wall_ms(), report,
-                                         subject, headers);
+        s = sonar_store_write_report_event(c->store, ch->change_id, ch->service,
+                                           sonar_outcome_str(verdict), sonar_wall_ms(), report,
+                                           subject, headers);
     if (s == SONAR_OK)
         sonar_outbox_notify(c->outbox);
     free(subject);
@@ -452,7 +454,8 @@ static void start_events(sonar_coordinator *c)
     sonar_stream_config sc = {.name = SONAR_EVENTS_STREAM, .subjects = subjects,
                               .duplicate_window_ms = 120000,
                               .max_age_ms = SONAR_EVENTS_MAX_AGE_MS};
-    sonar_outbox_config oc = {.name = SONARD_NAME};
+    /* Publishing reports is background work, like storing them. */
+    sonar_outbox_config oc = {.name = SONARD_NAME, .relay_nice = SONARD_WRITER_NICE};
     if (sonar_stream_ensure(c->nc, &sc) != SONAR_OK) {
         sonar_log(SONAR_LOG_WARN,
                   "no %s stream (%s): reports are published on core NATS only, "

@@ -41,14 +41,18 @@ static const char *const migrations[SONARD_SCHEMA_VERSION] = {
     "CREATE INDEX reports_by_age ON reports (created_ms);",
 };
 
-typedef enum job_kind { JOB_REGISTER, JOB_LEAVE, JOB_REPORT, JOB_SYNC } job_kind;
+typedef enum job_kind { JOB_REGISTER, JOB_LEAVE, JOB_REPORT, JOB_REPORT_EVENT, JOB_SYNC } job_kind;
+
+#define WHY_MAX 1024
 
 typedef struct job {
     struct job *next;
     job_kind kind;
-    char *a, *b, *c, *d, *e, *f; /* meaning depends on kind */
+    char *a, *b, *c, *d, *e, *f, *g; /* meaning depends on kind */
     int64_t n1, n2;
-    bool *done;                  /* JOB_SYNC */
+    bool *done;                  /* JOB_SYNC, JOB_REPORT_EVENT: set when applied */
+    sonar_status *status;        /* JOB_REPORT_EVENT: its outcome, */
+    char *why;                   /* and why it failed (WHY_MAX bytes, the waiter's) */
 } job;
 
 struct sonar_store {
@@ -276,6 +280,38 @@ sonar_status sonar_store_put_report(sonar_store *st, const char *change_id, cons
     return s;
 }
 
+/* The report, and its outbox row when \p subject is not NULL, inside the
+ * caller's transaction; under st->mu. A change id already stored is
+ * neither stored nor enqueued again. */
+static sonar_status report_event_apply(sonar_store *st, const char *change_id,
+                                       const char *service, const char *verdict,
+                                       int64_t wall_ms, const char *report_json,
+                                       const char *subject, const char *const *headers)
+{
+    sonar_status s = run(st, sql_report, "tttit", change_id, service, verdict, wall_ms,
+                         report_json);
+    /* A report already stored (a retry) is not published twice. */
+    if (s == SONAR_OK && subject != NULL && sqlite3_changes(st->db) > 0)
+        s = sonar_outbox_enqueue(NULL, st->db, subject, report_json, strlen(report_json),
+                                 headers);
+    return s;
+}
+
+/* Ends the transaction or savepoint begun for one unit of work: kept when
+ * \p s is SONAR_OK, else undone, keeping the first error's message. */
+static sonar_status end_unit(sonar_store *st, sonar_status s, const char *keep,
+                             const char *undo)
+{
+    if (s == SONAR_OK)
+        return exec(st, keep);
+    char why[900];
+    snprintf(why, sizeof why, "%s", sonar_last_error());
+    exec(st, undo);
+    if (strncmp(undo, "ROLLBACK TO", 11) == 0)
+        exec(st, keep); /* a savepoint rolled back to is still open */
+    return sonar__fail(s, "%s", why);
+}
+
 sonar_status sonar_store_put_report_event(sonar_store *st, const char *change_id,
                                           const char *service, const char *verdict,
                                           int64_t wall_ms, const char *report_json,
@@ -283,19 +319,10 @@ sonar_status sonar_store_put_report_event(sonar_store *st, const char *change_id
 {
     pthread_mutex_lock(&st->mu);
     sonar_status s = exec(st, "BEGIN IMMEDIATE");
-    if (s == SONAR_OK)
-        s = run(st, sql_report, "tttit", change_id, service, verdict, wall_ms, report_json);
-    /* A report already stored (a retry) is not published twice. */
-    if (s == SONAR_OK && sqlite3_changes(st->db) > 0)
-        s = sonar_outbox_enqueue(NULL, st->db, subject, report_json, strlen(report_json),
-                                 headers);
     if (s == SONAR_OK) {
-        s = exec(st, "COMMIT");
-    } else {
-        char why[900];
-        snprintf(why, sizeof why, "%s", sonar_last_error());
-        exec(st, "ROLLBACK");
-        sonar__fail(s, "%s", why);
+        s = report_event_apply(st, change_id, service, verdict, wall_ms, report_json, subject,
+                               headers);
+        s = end_unit(st, s, "COMMIT", "ROLLBACK");
     }
     pthread_mutex_unlock(&st->mu);
     return s;
@@ -477,6 +504,7 @@ static void job_free(job *j)
     free(j->d);
     free(j->e);
     free(j->f);
+    free(j->g);
     free(j);
 }
 
@@ -495,10 +523,25 @@ static void apply(sonar_store *st, job *j)
     case JOB_REPORT:
         s = run(st, sql_report, "tttit", j->a, j->b, j->c, j->n2, j->d);
         break;
+    case JOB_REPORT_EVENT: {
+        /* Its own savepoint: the report and its outbox row stay together
+         * even when another job of the batch fails. */
+        const char *headers[] = {j->f, j->g, NULL};
+        s = exec(st, "SAVEPOINT report_event");
+        if (s == SONAR_OK) {
+            s = report_event_apply(st, j->a, j->b, j->c, j->n2, j->d, j->e[0] ? j->e : NULL,
+                                   j->f[0] ? headers : NULL);
+            s = end_unit(st, s, "RELEASE report_event", "ROLLBACK TO report_event");
+        }
+        if (s != SONAR_OK)
+            snprintf(j->why, WHY_MAX, "%s", sonar_last_error());
+        *j->status = s;
+        break;
+    }
     case JOB_SYNC:
         break;
     }
-    if (s != SONAR_OK)
+    if (s != SONAR_OK && j->kind != JOB_REPORT_EVENT) /* that one's waiter reports it */
         sonar_log(SONAR_LOG_WARN, "store: %s", sonar_last_error());
 }
 
@@ -509,15 +552,22 @@ static void writer_apply_batch(sonar_store *st, job *batch)
     for (job *j = batch; j != NULL; j = j->next)
         apply(st, j);
     if (tx && exec(st, "COMMIT") != SONAR_OK) {
-        sonar_log(SONAR_LOG_WARN, "store: %s", sonar_last_error());
+        char why[900];
+        snprintf(why, sizeof why, "%s", sonar_last_error());
+        sonar_log(SONAR_LOG_WARN, "store: %s", why);
         exec(st, "ROLLBACK");
+        for (job *j = batch; j != NULL; j = j->next)
+            if (j->kind == JOB_REPORT_EVENT && *j->status == SONAR_OK) {
+                *j->status = SONAR_ERR_DB;
+                snprintf(j->why, WHY_MAX, "%s", why);
+            }
     }
     pthread_mutex_unlock(&st->mu);
     pthread_mutex_lock(&st->qmu);
     bool synced = false;
     while (batch != NULL) {
         job *next = batch->next;
-        if (batch->kind == JOB_SYNC) {
+        if (batch->kind == JOB_SYNC || batch->kind == JOB_REPORT_EVENT) {
             *batch->done = true;
             synced = true;
         }
@@ -532,6 +582,11 @@ static void writer_apply_batch(sonar_store *st, job *batch)
 static void *writer_main(void *arg)
 {
     sonar_store *st = arg;
+    pthread_setname_np(pthread_self(), "sonard-store");
+    /* Storing is background work: on a busy machine it yields the CPU to
+     * the gathers and replies (see docs/benchmarks.md, Coordinator). */
+    if (sonar_thread_lower_priority(SONARD_WRITER_NICE) != SONAR_OK)
+        sonar_log(SONAR_LOG_DEBUG, "store: %s", sonar_last_error());
     int64_t next_prune = sonar_now_ms();
     for (;;) {
         pthread_mutex_lock(&st->qmu);
@@ -582,10 +637,39 @@ static char *dup_or_empty(const char *s)
     return strdup(s ? s : "");
 }
 
+/* Appends j to the queue and wakes the writer; under st->qmu. */
+static void queue_append(sonar_store *st, job *j)
+{
+    if (st->tail)
+        st->tail->next = j;
+    else
+        st->head = j;
+    st->tail = j;
+    pthread_cond_signal(&st->qcond);
+}
+
+/* Queues j (its `done` set) and waits until the writer applied it. False,
+ * with j freed, when no writer runs. */
+static bool queue_and_wait(sonar_store *st, job *j)
+{
+    pthread_mutex_lock(&st->qmu);
+    if (!st->running || st->stopping) {
+        pthread_mutex_unlock(&st->qmu);
+        job_free(j);
+        return false;
+    }
+    queue_append(st, j); /* not counted against the limit: never dropped */
+    bool *done = j->done; /* j is freed by the writer once applied */
+    while (!*done)
+        pthread_cond_wait(&st->synced, &st->qmu);
+    pthread_mutex_unlock(&st->qmu);
+    return true;
+}
+
 /* Queues j, or applies it at once when no writer runs (tests, tools). */
 static sonar_status enqueue(sonar_store *st, job *j)
 {
-    if (!j->a || !j->b || !j->c || !j->d || !j->e || !j->f) {
+    if (!j->a || !j->b || !j->c || !j->d || !j->e || !j->f || !j->g) {
         job_free(j);
         return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
     }
@@ -604,12 +688,7 @@ static sonar_status enqueue(sonar_store *st, job *j)
     }
     if (running) {
         st->queued++;
-        if (st->tail)
-            st->tail->next = j;
-        else
-            st->head = j;
-        st->tail = j;
-        pthread_cond_signal(&st->qcond);
+        queue_append(st, j);
     }
     pthread_mutex_unlock(&st->qmu);
     if (!running) {
@@ -634,6 +713,7 @@ static job *job_new(job_kind kind, const char *a, const char *b, const char *c, 
     j->d = dup_or_empty(d);
     j->e = dup_or_empty(e);
     j->f = dup_or_empty(f);
+    j->g = dup_or_empty(NULL);
     return j;
 }
 
@@ -671,6 +751,39 @@ sonar_status sonar_store_enqueue_report(sonar_store *st, const char *change_id,
     return enqueue(st, j);
 }
 
+sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_id,
+                                            const char *service, const char *verdict,
+                                            int64_t wall_ms, const char *report_json,
+                                            const char *subject, const char *const *headers)
+{
+    if (headers != NULL && headers[0] != NULL && (headers[1] == NULL || headers[2] != NULL))
+        return sonar__fail(SONAR_ERR_INVALID, "store: a report event takes one header");
+    const char *hname = headers && headers[0] ? headers[0] : NULL;
+    const char *hvalue = hname ? headers[1] : NULL;
+    job *j = job_new(JOB_REPORT_EVENT, change_id, service, verdict, report_json, subject,
+                     hname);
+    if (j != NULL) {
+        free(j->g);
+        j->g = dup_or_empty(hvalue);
+    }
+    if (j == NULL || !j->a || !j->b || !j->c || !j->d || !j->e || !j->f || !j->g) {
+        if (j != NULL)
+            job_free(j);
+        return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
+    }
+    bool done = false;
+    sonar_status status = SONAR_OK;
+    char why[WHY_MAX] = "";
+    j->n2 = wall_ms;
+    j->done = &done;
+    j->status = &status;
+    j->why = why;
+    if (!queue_and_wait(st, j)) /* the writer stopped meanwhile */
+        return sonar_store_put_report_event(st, change_id, service, verdict, wall_ms,
+                                            report_json, subject, headers);
+    return status == SONAR_OK ? SONAR_OK : sonar__fail(status, "%s", why);
+}
+
 void sonar_store_sync(sonar_store *st)
 {
     bool done = false;
@@ -678,21 +791,7 @@ void sonar_store_sync(sonar_store *st)
     if (j == NULL)
         return;
     j->done = &done;
-    pthread_mutex_lock(&st->qmu);
-    if (!st->running || st->stopping) {
-        pthread_mutex_unlock(&st->qmu);
-        job_free(j);
-        return;
-    }
-    if (st->tail)
-        st->tail->next = j;
-    else
-        st->head = j;
-    st->tail = j;
-    pthread_cond_signal(&st->qcond);
-    while (!done)
-        pthread_cond_wait(&st->synced, &st->qmu);
-    pthread_mutex_unlock(&st->qmu);
+    queue_and_wait(st, j);
 }
 
 void sonar_store_close(sonar_store *st)

@@ -35,6 +35,8 @@
 #define SONARD_WRITER_QUEUE_MAX 100000
 /** Rows deleted per transaction when pruning. */
 #define SONARD_PRUNE_BATCH 500
+/** The writer thread's nice increment: storing yields the CPU to gathers. */
+#define SONARD_WRITER_NICE 10
 
 typedef struct sonar_store sonar_store;
 
@@ -154,6 +156,19 @@ sonar_status sonar_store_enqueue_register(sonar_store *st, const char *service,
                                           int64_t wall_ms);
 /** \brief Queues an instance deletion. Safe on NATS threads. */
 sonar_status sonar_store_enqueue_leave(sonar_store *st, const char *service, const char *instance);
+/**
+ * \brief sonar_store_put_report_event() done by the writer thread (at its
+ *        lower CPU priority, batched with the other queued writes), waiting
+ *        until it is applied; directly when no writer runs. Never dropped
+ *        for a full queue. Blocks: not for NATS threads.
+ * \param subject NULL: the report only, no outbox row.
+ * \param headers NULL or one "Name", "value" pair, NULL-terminated.
+ */
+sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_id,
+                                            const char *service, const char *verdict,
+                                            int64_t wall_ms, const char *report_json,
+                                            const char *subject, const char *const *headers);
+
 /** \brief Queues a report (e.g. one another coordinator published). Safe on NATS threads. */
 sonar_status sonar_store_enqueue_report(sonar_store *st, const char *change_id,
                                         const char *service, const char *verdict,

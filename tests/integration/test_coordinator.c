@@ -3,6 +3,8 @@
  * services (tests/integration/fake_service.c, built on libsonar).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <sys/resource.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -398,6 +400,13 @@ Test(coordinator, reports_go_through_the_outbox_into_the_events_stream_once)
     natsMsg_Destroy(stored);
     jsCtx_Destroy(js);
     json_decref(first);
+    /* Storing and publishing are background work in sonard: its store
+     * writer and outbox relay threads run 10 nice steps below the rest. */
+    errno = 0;
+    int base = getpriority(PRIO_PROCESS, (id_t)sonard_pid);
+    int want = base + 10 > 19 ? 19 : base + 10;
+    cr_assert_eq(test_thread_nice(sonard_pid, "sonard-store"), want);
+    cr_assert_eq(test_thread_nice(sonard_pid, "sonar-outbox"), want);
 }
 
 Test(coordinator, a_retry_during_the_gather_joins_it)

@@ -4,6 +4,8 @@
  * operator repair, idle cost.
  */
 #include <criterion/criterion.h>
+#include <sys/resource.h>
+#include <errno.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -15,6 +17,7 @@
 
 #include "natsd.h"
 #include "outbox_util.h"
+#include "proc.h"
 #include "sonar/sonar.h"
 
 static test_natsd natsd;
@@ -320,6 +323,27 @@ Test(outbox, writer_rolled_back_publishes_nothing_and_committed_rows_flow)
 /* Message ids come from row ids; once the relay has deleted every row the
  * table is empty, and a new row must still get an id never used before,
  * else the server drops the new event as a duplicate of the old one. */
+Test(outbox, the_relay_runs_at_the_configured_lower_priority_and_bad_values_are_refused)
+{
+    sqlite3 *db = migrated_db();
+    sonar_outbox *ob = NULL;
+    sonar_outbox_config bad = {.relay_nice = -1};
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, &bad), SONAR_ERR_INVALID);
+    bad.relay_nice = 40;
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, &bad), SONAR_ERR_INVALID);
+    cr_assert_null(ob);
+    errno = 0;
+    int mine = getpriority(PRIO_PROCESS, (id_t)gettid());
+    int want = mine + 4 > 19 ? 19 : mine + 4;
+    sonar_outbox_config cfg = {.relay_nice = 4};
+    cr_assert_eq(sonar_outbox_create(&ob, bus, db_path, &cfg), SONAR_OK, "%s", sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(test_thread_nice(0, "sonar-outbox") == want, 10000),
+              "relay thread nice %d, want %d", test_thread_nice(0, "sonar-outbox"), want);
+    cr_assert_eq(getpriority(PRIO_PROCESS, (id_t)gettid()), mine, "the caller's thread changed");
+    sonar_outbox_destroy(ob);
+    sqlite3_close(db);
+}
+
 Test(outbox, row_ids_stay_unique_after_the_relay_emptied_the_table)
 {
     ensure_stream("EV", "ev.>");

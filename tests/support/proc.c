@@ -1,6 +1,9 @@
 #include "proc.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <sys/resource.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
@@ -355,4 +358,34 @@ int test_proc_run(test_proc *p, const char *dir, const char *const *argv,
         return -1;
     }
     return test_proc_exit_code(p);
+}
+
+int test_thread_nice(pid_t pid, const char *comm)
+{
+    char dir_path[64];
+    snprintf(dir_path, sizeof dir_path, "/proc/%d/task", pid > 0 ? (int)pid : (int)getpid());
+    DIR *d = opendir(dir_path);
+    int nice = INT_MIN;
+    struct dirent *e;
+    while (d != NULL && nice == INT_MIN && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[400], name[64] = "";
+        snprintf(path, sizeof path, "%s/%s/comm", dir_path, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        if (fgets(name, sizeof name, f) != NULL)
+            name[strcspn(name, "\n")] = '\0';
+        fclose(f);
+        if (strcmp(name, comm) != 0)
+            continue;
+        errno = 0;
+        int v = getpriority(PRIO_PROCESS, (id_t)atoi(e->d_name));
+        if (!(v == -1 && errno != 0))
+            nice = v;
+    }
+    if (d != NULL)
+        closedir(d);
+    return nice;
 }

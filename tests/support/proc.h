@@ -75,4 +75,8 @@ char *test_proc_stderr(test_proc *p);
 int test_proc_run(test_proc *p, const char *dir, const char *const *argv,
                   const char *const *env, int timeout_ms);
 
+/* The nice value of the first thread of process `pid` (0: this process)
+ * whose name (/proc/.../comm) is `comm`; INT_MIN when there is none. */
+int test_thread_nice(pid_t pid, const char *comm);
+
 #endif

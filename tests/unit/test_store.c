@@ -1,9 +1,14 @@
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "natsd.h"
+#include "proc.h"
 #include "sonar/sonar.h"
 #include "store.h"
 
@@ -261,5 +266,71 @@ Test(store, close_applies_what_is_still_queued)
     int64_t n = 0;
     cr_assert_eq(sonar_store_count_reports(st, &n), SONAR_OK);
     cr_assert_eq(n, 200);
+    sonar_store_close(st);
+}
+
+static int64_t count_of(const char *sql)
+{
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    int64_t n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -1;
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+}
+
+Test(store, the_writer_stores_a_report_with_its_outbox_row_at_lower_priority)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_start_writer(st, 1000000, 1000000), SONAR_OK);
+    const char *hdr[] = {"Sonar-Coordinator", "i-1", NULL};
+    cr_assert_eq(sonar_store_write_report_event(st, "c1", "x", "pass", sonar_wall_ms(), "{\"n\":1}",
+                                                "sonar.report.x", hdr),
+                 SONAR_OK, "%s", sonar_last_error());
+    /* Waited for: both rows are there when it returns, in one transaction. */
+    cr_assert_eq(count_of("SELECT count(*) FROM reports"), 1);
+    cr_assert_eq(count_of("SELECT count(*) FROM sonar_outbox"), 1);
+    /* A retry's report is neither stored nor published again. */
+    cr_assert_eq(sonar_store_write_report_event(st, "c1", "x", "fail", sonar_wall_ms(), "{\"n\":2}",
+                                                "sonar.report.x", hdr),
+                 SONAR_OK);
+    cr_assert_eq(count_of("SELECT count(*) FROM sonar_outbox"), 1);
+    char *r = NULL;
+    cr_assert_eq(sonar_store_get_report(st, "c1", &r), SONAR_OK);
+    cr_assert_str_eq(r, "{\"n\":1}");
+    free(r);
+    /* Without a subject: the report only. */
+    cr_assert_eq(sonar_store_write_report_event(st, "c2", "x", "pass", sonar_wall_ms(), "{}", NULL, NULL),
+                 SONAR_OK);
+    cr_assert_eq(count_of("SELECT count(*) FROM reports"), 2);
+    cr_assert_eq(count_of("SELECT count(*) FROM sonar_outbox"), 1);
+    /* A subject the outbox refuses: neither row, and the error says why. */
+    cr_assert_eq(sonar_store_write_report_event(st, "c3", "x", "pass", sonar_wall_ms(), "{}", "bad subject",
+                                                NULL),
+                 SONAR_ERR_INVALID);
+    cr_assert_neq(sonar_last_error()[0], '\0');
+    cr_assert_eq(count_of("SELECT count(*) FROM reports WHERE change_id = 'c3'"), 0);
+    const char *two[] = {"A", "1", "B", "2", NULL};
+    cr_assert_eq(sonar_store_write_report_event(st, "c4", "x", "pass", sonar_wall_ms(), "{}", "s.x", two),
+                 SONAR_ERR_INVALID);
+    errno = 0;
+    int mine = getpriority(PRIO_PROCESS, (id_t)gettid());
+    int want = mine + SONARD_WRITER_NICE > 19 ? 19 : mine + SONARD_WRITER_NICE;
+    cr_assert_eq(test_thread_nice(0, "sonard-store"), want, "the writer runs at lower priority");
+    sonar_store_close(st);
+    cr_assert_eq(test_thread_nice(0, "sonard-store"), INT_MIN, "the writer stopped");
+}
+
+Test(store, without_a_writer_a_report_event_is_written_directly)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_write_report_event(st, "c1", "x", "pass", sonar_wall_ms(), "{}", "sonar.report.x",
+                                                NULL),
+                 SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(count_of("SELECT count(*) FROM sonar_outbox"), 1);
     sonar_store_close(st);
 }

@@ -1,6 +1,12 @@
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "sonar/sonar.h"
 
@@ -95,4 +101,71 @@ Test(util, a_blocked_stop_signal_is_waited_for_not_fatal)
     cr_assert_eq(sonar_stop_signal_wait(), SIGTERM);
     raise(SIGINT);
     cr_assert_eq(sonar_stop_signal_wait(), SIGINT);
+}
+
+static void *lower_by_three(void *arg)
+{
+    int *out = arg;
+    pthread_setname_np(pthread_self(), "lowered");
+    out[0] = sonar_thread_lower_priority(3);
+    errno = 0;
+    out[1] = getpriority(PRIO_PROCESS, (id_t)gettid());
+    return NULL;
+}
+
+Test(util, lowering_a_threads_priority_leaves_the_others_alone)
+{
+    errno = 0;
+    int before = getpriority(PRIO_PROCESS, (id_t)gettid());
+    int got[2] = {-1, -1};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, lower_by_three, got), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(got[0], SONAR_OK);
+    cr_assert_eq(got[1], before + 3 > 19 ? 19 : before + 3);
+    cr_assert_eq(getpriority(PRIO_PROCESS, (id_t)gettid()), before, "the caller's thread changed");
+    cr_assert_eq(sonar_thread_lower_priority(-1), SONAR_ERR_INVALID);
+    cr_assert_eq(sonar_thread_lower_priority(40), SONAR_ERR_INVALID);
+    cr_assert_eq(getpriority(PRIO_PROCESS, (id_t)gettid()), before);
+}
+
+/* Runs sonar_log with stderr on a pipe and returns what was written. */
+static char *logged(const char *msg)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fcntl(fds[0], F_SETPIPE_SZ, 1 << 16);
+    int saved = dup(STDERR_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    sonar_log_set_name("logtest");
+    sonar_log(SONAR_LOG_WARN, "%s", msg);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    char *buf = calloc(1, 1 << 16);
+    size_t len = 0;
+    ssize_t n;
+    while ((n = read(fds[0], buf + len, (1 << 16) - 1 - len)) > 0)
+        len += (size_t)n;
+    close(fds[0]);
+    sonar_log_set_name(NULL);
+    return buf;
+}
+
+Test(util, a_log_line_is_one_line_and_a_long_one_is_cut_visibly)
+{
+    char *out = logged("disk 93% full");
+    cr_assert(strstr(out, " warn logtest: disk 93% full\n") != NULL, "%s", out);
+    cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "one line: %s", out);
+    free(out);
+    char *big = malloc(10000);
+    memset(big, 'x', 9999);
+    big[9999] = '\0';
+    out = logged(big);
+    size_t len = strlen(out);
+    cr_assert_eq(len, 4095, "a cut line is PIPE_BUF-sized at most, got %zu", len);
+    cr_assert_eq(strcmp(out + len - 4, "...\n"), 0, "the cut is marked");
+    cr_assert_eq(strchr(out, '\n'), out + len - 1);
+    free(out);
+    free(big);
 }

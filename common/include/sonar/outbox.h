@@ -148,6 +148,9 @@ typedef struct sonar_outbox_config {
                                      this long without success on that subject; default 10000 */
     int64_t duplicate_window_ms;/**< the streams' duplicate window, for warnings; default 120000 */
     const char *name;           /**< label for logs and stats; default: the db file name */
+    int relay_nice;             /**< 0..39: the relay thread (and its connection's threads)
+                                     run this many nice steps lower (sonar_thread_lower_priority()),
+                                     so publishing yields the CPU to request handling; default 0 */
 } sonar_outbox_config;
 
 typedef struct sonar_outbox sonar_outbox;

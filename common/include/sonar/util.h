@@ -52,6 +52,17 @@ void sonar_cond_init_monotonic(pthread_cond_t *cond);
  */
 void sonar_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t deadline_ms);
 
+/**
+ * \brief Lowers the calling thread's CPU priority by \p increment nice
+ *        steps (at most to 19), for background work that should yield the
+ *        CPU to request handling on a busy machine. On Linux nice is per
+ *        thread and threads started afterwards by this one inherit it.
+ *        It cannot be raised back without privileges.
+ * \param increment 0..39.
+ * \return SONAR_OK; SONAR_ERR_INVALID (increment); SONAR_ERR_IO (refused).
+ */
+sonar_status sonar_thread_lower_priority(int increment);
+
 /** \brief Monotonic clock in nanoseconds. */
 int64_t sonar_now_ns(void);
 
