@@ -307,8 +307,6 @@ static sonar_status end_unit(sonar_store *st, sonar_status s, const char *keep,
     char why[900];
     snprintf(why, sizeof why, "%s", sonar_last_error());
     exec(st, undo);
-    if (strncmp(undo, "ROLLBACK TO", 11) == 0)
-        exec(st, keep); /* a savepoint rolled back to is still open */
     return sonar__fail(s, "%s", why);
 }
 
@@ -531,7 +529,9 @@ static void apply(sonar_store *st, job *j)
         if (s == SONAR_OK) {
             s = report_event_apply(st, j->a, j->b, j->c, j->n2, j->d, j->e[0] ? j->e : NULL,
                                    j->f[0] ? headers : NULL);
-            s = end_unit(st, s, "RELEASE report_event", "ROLLBACK TO report_event");
+            /* A savepoint rolled back to stays open: release it too. */
+            s = end_unit(st, s, "RELEASE report_event",
+                         "ROLLBACK TO report_event; RELEASE report_event");
         }
         if (s != SONAR_OK)
             snprintf(j->why, WHY_MAX, "%s", sonar_last_error());
@@ -666,10 +666,16 @@ static bool queue_and_wait(sonar_store *st, job *j)
     return true;
 }
 
+/* Every string of j was copied (job_new's copies can fail). */
+static bool job_filled(const job *j)
+{
+    return j->a && j->b && j->c && j->d && j->e && j->f && j->g;
+}
+
 /* Queues j, or applies it at once when no writer runs (tests, tools). */
 static sonar_status enqueue(sonar_store *st, job *j)
 {
-    if (!j->a || !j->b || !j->c || !j->d || !j->e || !j->f || !j->g) {
+    if (!job_filled(j)) {
         job_free(j);
         return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
     }
@@ -766,7 +772,7 @@ sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_
         free(j->g);
         j->g = dup_or_empty(hvalue);
     }
-    if (j == NULL || !j->a || !j->b || !j->c || !j->d || !j->e || !j->f || !j->g) {
+    if (j == NULL || !job_filled(j)) {
         if (j != NULL)
             job_free(j);
         return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
