@@ -659,3 +659,130 @@ Test(protocol, mutated_messages_never_crash_a_decoder)
 {
     cr_assert_geq(for_each_data_file("valid", mutate_and_decode), 15);
 }
+
+/* The report is written without jansson (it is on sonard's latency path):
+ * its text must be exactly what jansson writes for the same fields, strings
+ * with every character that needs escaping included. */
+Test(protocol, report_text_is_what_jansson_writes)
+{
+    char controls[40];
+    for (int c = 1; c < 0x20; c++)
+        controls[c - 1] = (char)c;
+    controls[31] = '\0';
+    char message[128];
+    snprintf(message, sizeof message, "got \"404\" \\ %s / \x7f caf\xc3\xa9 \xf0\x9f\x90\x9f",
+             controls);
+    sonar_check_result checks[] = {
+        {.name = "pick \"cheese\" \\ caf\xc3\xa9", .status = SONAR_FAIL, .duration_ms = 86400000,
+         .message = message},
+        {.name = "health", .status = SONAR_PASS, .duration_ms = 0, .message = NULL},
+    };
+    sonar_report_entry entries[] = {
+        {.service = "fridge", .status = SONAR_FAIL, .reason = NULL, .duration_ms = 31,
+         .checks = checks, .n_checks = 2},
+        {.service = "sink", .status = SONAR_INCOMPLETE, .reason = "line\nbreak\ttab \"q\""},
+        {.service = "stranger", .status = SONAR_NONE, .reason = "", .unregistered = true},
+    };
+    sonar_report_msg in = {
+        .change_id = "c_42-x", .service = "chillybin", .version = "2.0.0 \"beta\" \\ \xc3\xa9",
+        .address = "http://10.0.0.5:8081/a?b=\"c\"", .verdict = SONAR_FAIL,
+        .started_at = "2026-11-23T18:30:00.123+01:00", .duration_ms = 0,
+        .counts = {.expected = 1000000000, .pass = 0, .fail = 1, .none = 1, .incomplete = 1},
+        .results = entries, .n_results = 3,
+    };
+    char *json = NULL;
+    cr_assert_eq(sonar_report_encode(&in, &json), SONAR_OK, "%s", sonar_last_error());
+    json_error_t err;
+    json_t *tree = json_loads(json, 0, &err);
+    cr_assert_not_null(tree, "not JSON (%s): %s", err.text, json);
+    char *again = json_dumps(tree, JSON_COMPACT);
+    cr_assert_str_eq(json, again);
+    free(again);
+    cr_assert_str_eq(json_string_value(json_object_get(tree, "type")), "sonar.report.v1");
+    json_t *c0 = json_array_get(json_object_get(json_array_get(json_object_get(tree, "results"), 0),
+                                                "checks"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(c0, "message")), message);
+    json_decref(tree);
+    sonar_report_msg out = {0};
+    cr_assert_eq(sonar_report_decode(&out, json, strlen(json)), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert_str_eq(out.version, in.version);
+    cr_assert_str_eq(out.address, in.address);
+    cr_assert_str_eq(out.started_at, in.started_at);
+    cr_assert_eq(out.counts.expected, 1000000000);
+    cr_assert_eq(out.n_results, 3);
+    cr_assert_str_eq(out.results[0].checks[0].name, checks[0].name);
+    cr_assert_str_eq(out.results[0].checks[0].message, message);
+    cr_assert_eq(out.results[0].checks[0].duration_ms, 86400000);
+    cr_assert_str_eq(out.results[0].checks[1].message, "");
+    cr_assert_str_eq(out.results[0].reason, "");
+    cr_assert_str_eq(out.results[1].reason, entries[1].reason);
+    cr_assert(out.results[2].unregistered);
+    cr_assert_eq(out.results[2].n_checks, 0);
+    sonar_report_finish(&out);
+    free(json);
+    /* No results at all. */
+    in.results = NULL;
+    in.n_results = 0;
+    cr_assert_eq(sonar_report_encode(&in, &json), SONAR_OK, "%s", sonar_last_error());
+    cr_assert(strstr(json, ",\"results\":[]}") != NULL, "%s", json);
+    free(json);
+}
+
+/* What the decoder refuses, the encoder refuses too, naming the field. */
+Test(protocol, report_encoder_refuses_bad_fields)
+{
+    static char long_reason[SONAR_MAX_MESSAGE_TEXT + 2];
+    memset(long_reason, 'r', sizeof long_reason - 1);
+    static char big_message[SONAR_MAX_MESSAGE_TEXT];
+    memset(big_message, 'm', sizeof big_message - 1);
+    static sonar_check_result many[SONAR_MAX_LIST];
+    for (size_t i = 0; i < SONAR_MAX_LIST; i++)
+        many[i] = (sonar_check_result){.name = "c", .status = SONAR_PASS, .message = big_message};
+    enum { N_CASES = 15 };
+    for (int k = 0; k < N_CASES; k++) {
+        sonar_check_result checks[] = {
+            {.name = "pick", .status = SONAR_FAIL, .duration_ms = 3, .message = "404"},
+        };
+        sonar_report_entry entries[] = {
+            {.service = "fridge", .status = SONAR_FAIL, .checks = checks, .n_checks = 1},
+            {.service = "sink", .status = SONAR_INCOMPLETE, .reason = "no answer"},
+        };
+        sonar_report_msg r = {
+            .change_id = "c-1", .service = "chillybin", .version = "2.0.0",
+            .address = "http://h:1", .verdict = SONAR_FAIL,
+            .started_at = "2026-11-23T18:30:00Z", .duration_ms = 5,
+            .counts = {.expected = 2, .fail = 1, .incomplete = 1},
+            .results = entries, .n_results = 2,
+        };
+        sonar_status want = SONAR_ERR_PROTOCOL;
+        const char *field = NULL;
+        switch (k) {
+        case 0: r.change_id = NULL, field = "\"change_id\" is missing"; break;
+        case 1: r.service = "no spaces", want = SONAR_ERR_INVALID, field = "service"; break;
+        case 2: r.version = "", field = "\"version\" is empty"; break;
+        case 3: r.verdict = SONAR_NONE, field = "\"verdict\" is \"none\""; break;
+        case 4: r.started_at = "yesterday", field = "started_at"; break;
+        case 5: r.duration_ms = -1, field = "\"duration_ms\" is -1"; break;
+        case 6: r.counts.fail = -1, field = "counts.fail"; break;
+        case 7: entries[1].service = "bad/name", want = SONAR_ERR_INVALID,
+                field = "results[1].service"; break;
+        case 8: entries[1].status = (sonar_outcome)99, field = "results[1].status"; break;
+        case 9: checks[0].status = SONAR_NONE, field = "results[0].checks[0].status"; break;
+        case 10: checks[0].message = "bad \xff byte", field = "results[0].checks[0].message";
+                 break;
+        case 11: entries[1].reason = long_reason, field = "results[1].reason"; break;
+        case 12: r.n_results = SONAR_MAX_LIST + 1, field = "\"results\" has 1025 entries"; break;
+        case 13: r.results = NULL, want = SONAR_ERR_INVALID, field = "\"results\" has 2"; break;
+        case 14: entries[0].checks = many, entries[0].n_checks = SONAR_MAX_LIST,
+                 field = "over the limit of 524288 bytes"; break;
+        }
+        char *json = NULL;
+        cr_expect_eq(sonar_report_encode(&r, &json), want, "case %d: %s", k, sonar_last_error());
+        cr_expect_null(json, "case %d", k);
+        cr_expect(strstr(sonar_last_error(), field) != NULL, "case %d: \"%s\" does not name %s", k,
+                  sonar_last_error(), field);
+        expect_error_text_is_sendable("report_encoder_refuses_bad_fields");
+        free(json);
+    }
+}
