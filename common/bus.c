@@ -150,6 +150,8 @@ static natsStatus build_options(natsOptions **out, const sonar_bus_config *cfg, 
          * NULL it would block in natsConnection_Connect() until connected. */
         if (s == NATS_OK && cfg->retry_on_failed_connect)
             s = natsOptions_SetRetryOnFailedConnect(opts, true, on_late_connect, NULL);
+        if (s == NATS_OK && cfg->no_echo)
+            s = natsOptions_SetNoEcho(opts, true);
     }
     if (s == NATS_OK && cfg->user)
         s = natsOptions_SetUserInfo(opts, cfg->user, cfg->password ? cfg->password : "");

@@ -128,7 +128,9 @@ int main(int argc, char **argv)
     sonar_stop_signals_block();
 
     sonar_log_set_name("sonard");
-    sonar_bus_config bc = {.urls = server, .name = "sonard"};
+    /* sonard has no use for its own publishes (gather announcements,
+     * heartbeats its registry ignores): the server keeps them. */
+    sonar_bus_config bc = {.urls = server, .name = "sonard", .no_echo = true};
     sonar_bus_config_from_env(&bc);
     sonar_bus *bus = NULL;
     if (sonar_bus_connect(&bus, &bc) != SONAR_OK) {

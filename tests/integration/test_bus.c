@@ -4,6 +4,7 @@
  * a refusal is a clear error.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,6 +164,69 @@ Test(bus, retry_on_failed_connect_returns_at_once_and_connects_when_the_server_c
     cr_assert_eq(sonar_bus_connect(&bus, &strict), SONAR_ERR_NATS);
 }
 
+typedef struct seen {
+    pthread_mutex_t mu;
+    int own, other;
+} seen;
+
+static void on_echo_test(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    seen *s = closure;
+    pthread_mutex_lock(&s->mu);
+    if (strcmp(natsMsg_GetData(msg), "own") == 0)
+        s->own++;
+    else
+        s->other++;
+    pthread_mutex_unlock(&s->mu);
+    natsMsg_Destroy(msg);
+}
+
+static int seen_other(seen *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->other;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* With no_echo, a bus's own publishes do not come back to its subscriptions;
+ * another connection's do. Without it, they do (the default). */
+Test(bus, no_echo_keeps_a_bus_from_receiving_its_own_publishes)
+{
+    cr_assert(test_natsd_start(&natsd));
+    natsConnection *other = NULL;
+    cr_assert_eq(natsConnection_ConnectTo(&other, natsd.url), NATS_OK);
+    for (int no_echo = 0; no_echo <= 1; no_echo++) {
+        sonar_bus *bus = NULL;
+        sonar_bus_config bc = {.urls = natsd.url, .no_echo = no_echo};
+        cr_assert_eq(sonar_bus_connect(&bus, &bc), SONAR_OK, "%s", sonar_last_error());
+        natsConnection *nc = sonar_bus_nats(bus);
+        seen s = {.own = 0};
+        pthread_mutex_init(&s.mu, NULL);
+        natsSubscription *sub = NULL;
+        cr_assert_eq(natsConnection_Subscribe(&sub, nc, "echo.test", on_echo_test, &s), NATS_OK);
+        cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+        cr_assert_eq(natsConnection_PublishString(nc, "echo.test", "own"), NATS_OK);
+        cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+        /* The other connection's message comes after ours on the server:
+         * once it arrived, ours would have too. */
+        cr_assert_eq(natsConnection_PublishString(other, "echo.test", "other"), NATS_OK);
+        cr_assert_eq(natsConnection_Flush(other), NATS_OK);
+        cr_assert(TEST_WAIT_UNTIL(seen_other(&s) == 1, 5000), "the other message never came");
+        pthread_mutex_lock(&s.mu);
+        cr_assert_eq(s.own, no_echo ? 0 : 1, "no_echo %d: own message received %d times",
+                     no_echo, s.own);
+        pthread_mutex_unlock(&s.mu);
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+        sonar_bus_destroy(bus);
+        pthread_mutex_destroy(&s.mu);
+    }
+    natsConnection_Destroy(other);
+}
+
 /* Runs a shell command line in `dir`; true when it exited 0. */
 static bool sh_in(const char *dir, const char *cmd)
 {
@@ -186,8 +250,6 @@ static bool make_certs(const char *dir)
                       " -out other.pem -days 2 -subj /CN=another-ca");
 }
 
-/* TLS options reach the server, for the bus and for the direct connections
- * the outbox relay opens from it. */
 /* TLS options reach the server, for the bus and for the direct connections
  * the outbox relay opens from it (checked by bus_tls_probe, see there why
  * in a program of its own). */

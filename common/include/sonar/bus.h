@@ -50,6 +50,12 @@ typedef struct sonar_bus_config {
                                        and nats.c keeps trying in the background (an info line
                                        is logged when it connects); publishes are buffered
                                        meanwhile */
+    bool no_echo;              /**< the server does not deliver this connection's own
+                                    publishes to its own subscriptions (NATS no_echo; the
+                                    direct connections are not affected). For a process that
+                                    listens on subjects it also publishes on and has no use
+                                    for its own messages, e.g. sonard and its gather
+                                    announcements: each one coming back costs a delivery. */
 } sonar_bus_config;
 
 /**
