@@ -77,7 +77,7 @@ int main(void)
         static sonar_check_result check = {.name = "ping", .status = SONAR_PASS,
                                            .duration_ms = 1, .message = ""};
         sonar_report_entry *entries = calloc(n, sizeof *entries);
-        char(*names)[24] = calloc(n, sizeof *names);
+        char(*names)[32] = calloc(n, sizeof *names);
         if (entries == NULL || names == NULL)
             die("out of memory");
         for (size_t i = 0; i < n; i++) {

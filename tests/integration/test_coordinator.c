@@ -723,6 +723,59 @@ static void register_by_hand(const char *name, int hb)
     cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
 }
 
+static void publish_result(const char *change_id, const char *service, const char *status)
+{
+    char subject[160], body[512];
+    snprintf(subject, sizeof subject, "sonar.result.%s.%s", change_id, service);
+    snprintf(body, sizeof body,
+             "{\"type\":\"sonar.result.v1\",\"change_id\":\"%s\",\"service\":\"%s\","
+             "\"instance\":\"i1\",\"status\":\"%s\",\"checks\":[]}", change_id, service,
+             status);
+    cr_assert_eq(natsConnection_PublishString(nc, subject, body), NATS_OK);
+}
+
+/* sonard keeps a gather's answers to free them together when it ends, up
+ * to a limit: a flood of answers past it is freed as it comes, and the
+ * first answer of each service still counts. */
+Test(coordinator, a_flood_of_answers_to_a_running_gather_is_survived)
+{
+    register_by_hand("noisy", 60000);
+    register_by_hand("quiet", 60000);
+    const char *names[] = {"noisy", "quiet"};
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    natsSubscription *gather = NULL, *reply = NULL;
+    natsInbox *inbox = NULL;
+    natsInbox_Create(&inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&gather, nc, "sonar.gather.chg-flood"), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&reply, nc, inbox), NATS_OK);
+    const char *body = "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-flood\",\"service\":"
+                       "\"chillybin\",\"version\":\"2\",\"address\":\"http://h:1\","
+                       "\"timeout_ms\":60000}";
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox, body),
+                 NATS_OK);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, gather, 10000), NATS_OK, "the gather never began");
+    natsMsg_Destroy(m);
+    publish_result("chg-flood", "noisy", "pass");
+    for (int i = 0; i < 5000; i++)
+        publish_result("chg-flood", "noisy", "fail"); /* the first answer wins */
+    publish_result("chg-flood", "quiet", "none"); /* the last expected: the report now */
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    cr_assert_eq(natsSubscription_NextMsg(&m, reply, 20000), NATS_OK, "no report");
+    json_t *report = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    natsMsg_Destroy(m);
+    cr_assert_not_null(report);
+    cr_assert_str_eq(str(report, "verdict"), "pass", "%s", str(report, "verdict"));
+    cr_assert_str_eq(str(result_of(report, "noisy"), "status"), "pass");
+    cr_assert_str_eq(str(result_of(report, "quiet"), "status"), "none");
+    cr_assert_eq(count(report, "expected"), 2);
+    json_decref(report);
+    cr_assert(sonard_answers(), "sonard stopped answering after the flood");
+    natsSubscription_Destroy(gather);
+    natsSubscription_Destroy(reply);
+    natsInbox_Destroy(inbox);
+}
+
 Test(coordinator, an_instance_expires_after_three_missed_heartbeats)
 {
     register_by_hand("ghost", 200);
