@@ -76,7 +76,13 @@ struct sonar_request {
     bool failed;
     char error_text[256];
     job *deferred;          /* fast handlers: the continuation's reserved job */
+    bool continuing;        /* running as a fast handler's continuation */
+    bool on_stack;          /* a plain endpoint's request: cannot be kept */
+    bool kept;              /* sonar_request_keep() was called (by the handler's thread) */
+    atomic_int holds;       /* kept: the handler's and the keeper's; the last frees it */
 };
+
+static void request_release(sonar_request *req);
 
 struct sonar_service {
     sonar_bus *bus;
@@ -106,6 +112,7 @@ struct sonar_service {
     bool stopping;
     bool stopped;
     int threads;           /* request and check threads still running */
+    int kept;              /* requests kept past their handler, not yet done */
     pthread_t heartbeat;
     bool heartbeat_running;
     pthread_t *workers;
@@ -964,11 +971,18 @@ static void run_job(job *j)
     sonar__clear_error();
     if (j->req != NULL) { /* a fast handler's continuation */
         sonar_request *req = j->req;
-        settle_request(req, j->fn(req, j->closure));
-        natsMsg_Destroy(req->msg);
-        free(req);
+        req->continuing = true;
+        sonar_status st = j->fn(req, j->closure);
+        if (req->kept) {
+            request_release(req);
+        } else {
+            settle_request(req, st);
+            natsMsg_Destroy(req->msg);
+            free(req);
+        }
     } else {
-        sonar_request req = {.ep = j->ep, .msg = j->msg, .started_ns = sonar_now_ns()};
+        sonar_request req = {.ep = j->ep, .msg = j->msg, .started_ns = sonar_now_ns(),
+                             .on_stack = true};
         settle_request(&req, j->ep->fn(&req, j->ep->closure));
         natsMsg_Destroy(j->msg);
     }
@@ -1013,6 +1027,45 @@ sonar_status sonar_request_defer(sonar_request *req, sonar_endpoint_fn fn, void 
     return SONAR_OK;
 }
 
+/* Drops one hold on a kept request; the last frees it. */
+static void request_release(sonar_request *req)
+{
+    if (atomic_fetch_sub(&req->holds, 1) != 1)
+        return;
+    sonar_service *svc = req->ep->svc;
+    natsMsg_Destroy(req->msg);
+    free(req);
+    pthread_mutex_lock(&svc->lock);
+    svc->kept--;
+    pthread_cond_broadcast(&svc->cond);
+    pthread_mutex_unlock(&svc->lock);
+}
+
+sonar_status sonar_request_keep(sonar_request *req)
+{
+    if (req->kept || req->on_stack || (req->deferred != NULL && !req->continuing))
+        return sonar__fail(SONAR_ERR_STATE, "only a fast handler that did not defer, or a"
+                                            " continuation, can keep its request, once");
+    sonar_service *svc = req->ep->svc;
+    pthread_mutex_lock(&svc->lock);
+    svc->kept++;
+    pthread_mutex_unlock(&svc->lock);
+    /* The keeper may be done before the handler returned: whichever of the
+     * two lets go last frees the request. */
+    atomic_store(&req->holds, 2);
+    req->kept = true;
+    return SONAR_OK;
+}
+
+void sonar_request_done(sonar_request *req)
+{
+    if (req == NULL)
+        return;
+    if (!atomic_load(&req->responded))
+        sonar_request_respond_error(req, 500, "the request was kept but never answered");
+    request_release(req);
+}
+
 /* A fast endpoint's request, on the NATS thread. */
 static void run_fast(endpoint *ep, natsMsg *msg)
 {
@@ -1027,6 +1080,10 @@ static void run_fast(endpoint *ep, natsMsg *msg)
     *req = (sonar_request){.ep = ep, .msg = msg, .started_ns = sonar_now_ns()};
     sonar__clear_error();
     sonar_status st = ep->fn(req, ep->closure);
+    if (req->kept) {
+        request_release(req); /* from here on its keeper owns req */
+        return;
+    }
     if (req->deferred != NULL) {
         pthread_mutex_lock(&svc->lock);
         enqueue_job(svc, req->deferred); /* from here on a worker owns req */
@@ -1230,9 +1287,10 @@ void sonar_service_stop(sonar_service *svc)
     svc->heartbeat_running = false;
     for (int i = 0; svc->workers && i < svc->n_workers; i++)
         pthread_join(svc->workers[i], NULL);
-    /* Checks still running (even past their deadline) are waited for. */
+    /* Checks still running (even past their deadline) and kept requests
+     * (whose keepers answer and release them) are waited for. */
     pthread_mutex_lock(&svc->lock);
-    while (svc->threads > 0)
+    while (svc->threads > 0 || svc->kept > 0)
         pthread_cond_wait(&svc->cond, &svc->lock);
     pthread_mutex_unlock(&svc->lock);
 }

@@ -409,28 +409,31 @@ static void publish_report(sonar_coordinator *c, const char *service, const char
     free(subject);
 }
 
+typedef struct change_job change_job;
+static void change_stored(void *arg, sonar_status status, const char *why);
+
 /* Stores the report and publishes it on sonar.report.<service>: through the
  * outbox (in the same transaction, into the SONAR_EVENTS stream) when the
- * server has JetStream, else directly on core NATS. */
-static sonar_status store_and_publish(sonar_coordinator *c, const sonar_change_msg *ch,
-                                      sonar_outcome verdict, const char *report)
+ * server has JetStream, else directly on core NATS. On the store's writer
+ * thread, at its lower priority (the reply went out already); change_stored()
+ * runs there when done. Quick: runs where the gather ended. */
+static sonar_status store_and_publish(sonar_coordinator *c, change_job *cj,
+                                      const sonar_change_msg *ch, sonar_outcome verdict,
+                                      const char *report)
 {
     if (c->outbox == NULL) {
         publish_report(c, ch->service, report);
-        return sonar_store_write_report_event(c->store, ch->change_id, ch->service,
-                                              sonar_outcome_str(verdict), sonar_wall_ms(),
-                                              report, NULL, NULL);
+        return sonar_store_submit_report_event(c->store, ch->change_id, ch->service,
+                                               sonar_outcome_str(verdict), sonar_wall_ms(),
+                                               report, NULL, NULL, change_stored, cj);
     }
     char *subject = NULL;
     sonar_status s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
     const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
-    /* On the store's writer thread, at its lower priority: the reply went out already. */
     if (s == SONAR_OK)
-        s = sonar_store_write_report_event(c->store, ch->change_id, ch->service,
-                                           sonar_outcome_str(verdict), sonar_wall_ms(), report,
-                                           subject, headers);
-    if (s == SONAR_OK)
-        sonar_outbox_notify(c->outbox);
+        s = sonar_store_submit_report_event(c->store, ch->change_id, ch->service,
+                                            sonar_outcome_str(verdict), sonar_wall_ms(), report,
+                                            subject, headers, change_stored, cj);
     free(subject);
     return s;
 }
@@ -470,15 +473,93 @@ static void start_events(sonar_coordinator *c)
     }
 }
 
-/* What is left of a change request for a worker (the continuation). */
-typedef struct change_job {
+/* A change request from its arrival until its report was stored (starter)
+ * or its gather ended (joiner). The request is kept (sonar_request_keep())
+ * while the gather runs, so that no worker waits for it. */
+struct change_job {
     sonar_coordinator *c;
+    sonar_request *req;
     sonar_change_msg ch;
     sonar_gather *ga; /* NULL: not begun yet (or failed, when answered) */
     int64_t started_ms;
+    sonar_outcome verdict; /* of the report, once the gather ended */
     bool joined;
-    bool answered;    /* answered on the NATS thread: nothing left to do */
-} change_job;
+};
+
+static void change_job_free(change_job *cj)
+{
+    sonar_change_finish(&cj->ch);
+    free(cj);
+}
+
+/* The report of our gather is stored (writer thread): the gather leaves the
+ * table, so a later announcement of its id finds the stored report. */
+static void change_stored(void *arg, sonar_status status, const char *why)
+{
+    change_job *cj = arg;
+    sonar_coordinator *c = cj->c;
+    const sonar_change_msg *ch = &cj->ch;
+    if (status != SONAR_OK)
+        sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id, why);
+    else if (c->outbox != NULL)
+        sonar_outbox_notify(c->outbox);
+    /* Logged here, on the writer's lower priority, not right after the reply. */
+    sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch->change_id, ch->service, ch->version,
+              sonar_outcome_str(cj->verdict));
+    sonar_gatherer_finish(c->gatherer, cj->ga);
+    sonar_request_done(cj->req);
+    change_job_free(cj);
+}
+
+/* The gather ended and the request was answered with its report (the
+ * thread that ended it: a NATS thread, the deadline thread, or cancel). A
+ * starter stores and publishes the report; a joiner is done. */
+static void change_ended(void *arg, sonar_gather *ga, sonar_status status, const char *report,
+                         sonar_outcome verdict)
+{
+    change_job *cj = arg;
+    sonar_coordinator *c = cj->c;
+    const sonar_change_msg *ch = &cj->ch;
+    if (cj->joined) {
+        sonar_gatherer_release(c->gatherer, ga);
+        sonar_request_done(cj->req);
+        change_job_free(cj);
+        return;
+    }
+    if (status == SONAR_OK) {
+        sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - cj->started_ms);
+        cj->verdict = verdict;
+        /* The gather stays in the table until stored: a retry meanwhile joins it. */
+        if (store_and_publish(c, cj, ch, verdict, report) == SONAR_OK)
+            return; /* change_stored() follows */
+        sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id,
+                  sonar_last_error());
+    } else {
+        sonar_log(SONAR_LOG_ERROR, "change %s: %s", ch->change_id, sonar_status_str(status));
+    }
+    sonar_gatherer_finish(c->gatherer, ga);
+    sonar_request_done(cj->req);
+    change_job_free(cj);
+}
+
+/* Keeps the request and attaches it to the gather (begun or joined): the
+ * report is the reply, and change_ended() follows. From here the gather's
+ * end owns cj and the request. */
+static void change_attach(change_job *cj, sonar_request *req)
+{
+    if (sonar_request_keep(req) != SONAR_OK) { /* cannot happen: the handlers are fit */
+        sonar_request_respond_error(req, 500, "change %s: %s", cj->ch.change_id,
+                                    sonar_last_error());
+        if (cj->joined)
+            sonar_gatherer_release(cj->c->gatherer, cj->ga);
+        else
+            sonar_gatherer_finish(cj->c->gatherer, cj->ga);
+        change_job_free(cj);
+        return;
+    }
+    cj->req = req;
+    sonar_gather_attach(cj->ga, req, change_ended, cj);
+}
 
 /* Validates and decodes the announcement, fills in a generated id and the
  * default timeout. Replies with an error and returns false when invalid. */
@@ -521,76 +602,51 @@ static bool change_prepare(sonar_coordinator *c, sonar_request *req, sonar_chang
 }
 
 /* Starts (or, in a race, joins) the gather and attaches the request to it,
- * so the report is the reply. Quick: runs on the NATS thread. */
+ * so the report is the reply. Quick: runs on the NATS thread or a worker.
+ * Owns cj: on failure it answers the request and frees cj. */
 static void change_begin(change_job *cj, sonar_request *req)
 {
     seen_add(cj->c, cj->ch.change_id); /* before it can be stored */
     sonar_status s = sonar_gatherer_begin(cj->c->gatherer, &cj->ch, &cj->ga, &cj->joined);
     if (s != SONAR_OK) {
-        cj->ga = NULL;
-        cj->answered = true;
         sonar_request_respond_error(req, sonar_reply_code(s), "change %s: %s", cj->ch.change_id,
                                     sonar_last_error());
+        change_job_free(cj);
         return;
     }
-    sonar_gather_attach(cj->ga, req);
+    change_attach(cj, req);
 }
 
-/* On a worker: the stored-report lookup when needed, then waiting for the
- * end of the gather (the request is answered by whoever builds the report,
- * usually the result callback before this wakes up), then storing. */
+/* On a worker, for an id that may have a report already: another
+ * coordinator's gather, or the stored report, else our gather begins. */
 static sonar_status change_continue(sonar_request *req, void *closure)
 {
     change_job *cj = closure;
     sonar_coordinator *c = cj->c;
     const sonar_change_msg *ch = &cj->ch;
     char *report = NULL;
-    if (cj->ga == NULL && !cj->answered) {
-        /* Another coordinator gathers this change: its report is the answer. */
-        if (sonar_remote_wait(c->remote, ch->change_id, &report)) {
-            sonar_request_respond(req, report, strlen(report));
-            goto out;
-        }
+    /* Another coordinator gathers this change: its report is the answer. */
+    bool found = sonar_remote_wait(c->remote, ch->change_id, &report);
+    if (!found) {
         sonar_status s = sonar_store_get_report(c->store, ch->change_id, &report);
-        if (s == SONAR_OK) {
-            sonar_request_respond(req, report, strlen(report));
-            goto out;
-        }
-        if (s != SONAR_ERR_NOT_FOUND)
+        if (s != SONAR_OK && s != SONAR_ERR_NOT_FOUND)
             sonar_log(SONAR_LOG_WARN, "change %s: %s", ch->change_id, sonar_last_error());
+        found = s == SONAR_OK;
+    }
+    if (!found) {
         change_begin(cj, req);
+        return SONAR_OK;
     }
-    if (cj->ga == NULL)
-        goto out;
-    sonar_outcome verdict = SONAR_INCOMPLETE;
-    sonar_status s = sonar_gather_wait(cj->ga, NULL, &report, &verdict);
-    if (s != SONAR_OK) {
-        sonar_log(SONAR_LOG_ERROR, "change %s: %s", ch->change_id, sonar_last_error());
-    } else if (!cj->joined) {
-        /* Replied already; now publish and store. The gather stays in the
-         * table until stored, so a retry meanwhile joins it. */
-        sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - cj->started_ms);
-        if (store_and_publish(c, ch, verdict, report) != SONAR_OK)
-            sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id,
-                      sonar_last_error());
-        sonar_log(SONAR_LOG_INFO, "change %s of %s %s: %s", ch->change_id, ch->service,
-                  ch->version, sonar_outcome_str(verdict));
-    }
-    if (cj->joined)
-        sonar_gatherer_release(c->gatherer, cj->ga);
-    else
-        sonar_gatherer_finish(c->gatherer, cj->ga);
-out:
+    sonar_request_respond(req, report, strlen(report));
     free(report);
-    sonar_change_finish(&cj->ch);
-    free(cj);
+    change_job_free(cj);
     return SONAR_OK;
 }
 
 /* The change endpoint's fast handler, on the NATS thread: decoding, a
- * running gather joined or a new one begun (both in memory), then the
- * rest handed to a worker. Only an id that may have a stored report waits
- * for a worker to ask SQLite before its gather begins. */
+ * running gather joined or a new one begun (both in memory) with the
+ * request kept until the gather ends. Only an id that may have a stored
+ * report goes to a worker, to ask SQLite before its gather begins. */
 static sonar_status on_change(sonar_request *req, void *closure)
 {
     sonar_coordinator *c = closure;
@@ -602,23 +658,18 @@ static sonar_status on_change(sonar_request *req, void *closure)
     cj->started_ms = sonar_now_ms();
     bool fresh_id = false;
     if (!change_prepare(c, req, &cj->ch, &fresh_id)) {
-        sonar_change_finish(&cj->ch);
-        free(cj);
+        change_job_free(cj);
         return SONAR_OK;
     }
-    if (sonar_request_defer(req, change_continue, cj) != SONAR_OK) {
-        sonar_request_respond_error(req, 503, "change %s: %s", cj->ch.change_id,
-                                    sonar_last_error());
-        sonar_change_finish(&cj->ch);
-        free(cj);
-        return SONAR_OK;
-    }
-    /* From here change_continue() owns cj and will run. */
     if (sonar_gatherer_join(c->gatherer, cj->ch.change_id, &cj->ga) == SONAR_OK) {
         cj->joined = true;
-        sonar_gather_attach(cj->ga, req);
+        change_attach(cj, req);
     } else if (fresh_id || !seen_maybe(c, cj->ch.change_id)) {
         change_begin(cj, req);
+    } else if (sonar_request_defer(req, change_continue, cj) != SONAR_OK) {
+        sonar_request_respond_error(req, 503, "change %s: %s", cj->ch.change_id,
+                                    sonar_last_error());
+        change_job_free(cj);
     }
     return SONAR_OK;
 }

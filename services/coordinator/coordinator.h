@@ -14,7 +14,8 @@
  * Thread-safety: create, start and destroy from one thread (main). The
  * handlers run on NATS threads (plain subscriptions: decode and memory
  * only; SQLite writes go to the store's writer) and on the service's
- * endpoint workers (gathers and SQLite reads).
+ * endpoint workers (SQLite reads, waits for another coordinator's report);
+ * gathers end on the result callback or the gatherer's deadline thread.
  */
 #ifndef SONARD_COORDINATOR_H
 #define SONARD_COORDINATOR_H
@@ -34,7 +35,7 @@ typedef struct sonar_coordinator_config {
     const char *db_path;         /**< SQLite file (created if absent) */
     int64_t retention_ms;        /**< reports older than this are pruned */
     int64_t default_timeout_ms;  /**< for announcements without timeout_ms */
-    int workers;                 /**< endpoint worker threads (each gather holds one while it runs) */
+    int workers;                 /**< endpoint worker threads (read API, stored-report lookups) */
     const char *version;         /**< sonard's version, for $SRV */
     const char *metrics_listen;  /**< "ADDR:PORT" for the /metrics HTTP server, or NULL */
 } sonar_coordinator_config;

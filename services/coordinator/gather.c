@@ -242,10 +242,13 @@ oom:
  * message is destroyed at once: a flood cannot grow a gather without bound). */
 #define SPENT_MAX (2 * SONAR_MAX_LIST)
 
-/* A change request answered by whoever builds the report; under ga->mu. */
+/* A change request answered by whoever builds the report, and what to call
+ * after (outside the gather's lock); under ga->mu. */
 typedef struct waiter {
     struct waiter *next;
     sonar_request *req;
+    sonar_gather_end_fn on_end;
+    void *arg;
 } waiter;
 
 struct sonar_gather {
@@ -254,10 +257,9 @@ struct sonar_gather {
     atomic_int refs;
     char change_id[SONAR_NAME_MAX + 1];
     pthread_mutex_t mu;
-    pthread_cond_t cond;      /* CLOCK_MONOTONIC */
     sonar_tally *tally;
     int64_t deadline_ms;
-    bool done;                /* report built */
+    atomic_bool done;         /* report built (written under mu; read anywhere) */
     bool cancelled;
     char *report_json;
     sonar_outcome verdict;
@@ -281,6 +283,13 @@ struct sonar_gatherer {
     sonar_gather *table[BUCKETS];
     size_t running;
     bool closing;
+    /* The deadline thread ends gathers whose deadline passed; it sleeps
+     * until next_deadline_ms (INT64_MAX: no gather running), so a gather
+     * begun with a later deadline does not need to wake it. */
+    pthread_t deadline_thread;
+    bool deadline_running, stopping;
+    pthread_cond_t deadline_cond; /* CLOCK_MONOTONIC; under mu */
+    int64_t next_deadline_ms;
 };
 
 static unsigned hash(const char *s)
@@ -314,7 +323,6 @@ static void gather_unref(sonar_gather *ga)
     sonar_tally_destroy(ga->tally);
     free(ga->report_json);
     pthread_mutex_destroy(&ga->mu);
-    pthread_cond_destroy(&ga->cond);
     free(ga);
 }
 
@@ -344,7 +352,10 @@ static bool split_result_subject(const char *subject, char *buf, size_t buflen,
     return true;
 }
 
-static void build_report(sonar_gather *ga);
+static waiter *end_locked(sonar_gather *ga);
+static void run_enders(sonar_gather *ga, waiter *list);
+static bool end_running(sonar_gatherer *g, bool cancel);
+static void *deadline_main(void *arg);
 
 /* Keeps \p msg for destroying with the gather (see spent); false when it
  * must be destroyed now (list full, or out of memory). */
@@ -396,14 +407,16 @@ static void on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
                           sonar_last_error());
     } else if (ga != NULL && (g->self == NULL || strcmp(res.service, g->self) != 0)) {
         bool known = sonar_registry_known(g->reg, res.service);
+        waiter *enders = NULL;
         pthread_mutex_lock(&ga->mu);
         if (!ga->done) {
             s = sonar_tally_add(ga->tally, &res, known);
             /* The last expected answer: report and reply from here at once. */
             if (s == SONAR_OK && sonar_tally_complete(ga->tally))
-                build_report(ga);
+                enders = end_locked(ga);
         }
         pthread_mutex_unlock(&ga->mu);
+        run_enders(ga, enders);
         if (s != SONAR_OK)
             sonar_reply_error(nc, reply, sonar_reply_code(s), "result refused: %s",
                               sonar_last_error());
@@ -427,6 +440,13 @@ sonar_status sonar_gatherer_create(sonar_gatherer **out, natsConnection *nc,
     g->nc = nc;
     g->reg = reg;
     pthread_mutex_init(&g->mu, NULL);
+    sonar_cond_init_monotonic(&g->deadline_cond);
+    g->next_deadline_ms = INT64_MAX;
+    if (pthread_create(&g->deadline_thread, NULL, deadline_main, g) != 0) {
+        sonar_gatherer_destroy(g);
+        return sonar__fail(SONAR_ERR_IO, "gather: cannot start the deadline thread");
+    }
+    g->deadline_running = true;
     if (self_name != NULL && (g->self = strdup(self_name)) == NULL) {
         sonar_gatherer_destroy(g);
         return sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
@@ -451,6 +471,13 @@ void sonar_gatherer_destroy(sonar_gatherer *g)
 {
     if (g == NULL)
         return;
+    if (g->deadline_running) {
+        pthread_mutex_lock(&g->mu);
+        g->stopping = true;
+        pthread_cond_signal(&g->deadline_cond);
+        pthread_mutex_unlock(&g->mu);
+        pthread_join(g->deadline_thread, NULL);
+    }
     if (g->sub != NULL) {
         /* Drain: once complete, the callback is not running any more. */
         if (natsConnection_Status(g->nc) == NATS_CONN_STATUS_CONNECTED &&
@@ -470,6 +497,7 @@ void sonar_gatherer_destroy(sonar_gatherer *g)
     }
     pthread_mutex_unlock(&g->mu);
     free(g->self);
+    pthread_cond_destroy(&g->deadline_cond);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -478,15 +506,9 @@ void sonar_gatherer_cancel_all(sonar_gatherer *g)
 {
     pthread_mutex_lock(&g->mu);
     g->closing = true;
-    for (size_t b = 0; b < BUCKETS; b++) {
-        for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
-            pthread_mutex_lock(&ga->mu);
-            ga->cancelled = true;
-            pthread_cond_broadcast(&ga->cond);
-            pthread_mutex_unlock(&ga->mu);
-        }
-    }
     pthread_mutex_unlock(&g->mu);
+    while (!end_running(g, true))
+        continue;
 }
 
 size_t sonar_gatherer_running(sonar_gatherer *g)
@@ -506,7 +528,7 @@ static sonar_status gather_new(sonar_gather **out, sonar_gatherer *g,
     atomic_init(&ga->refs, 2); /* the table's and the starter's */
     snprintf(ga->change_id, sizeof ga->change_id, "%s", change->change_id);
     pthread_mutex_init(&ga->mu, NULL);
-    sonar_cond_init_monotonic(&ga->cond);
+    atomic_init(&ga->done, false);
     int64_t now = sonar_now_ms();
     ga->deadline_ms = now + change->timeout_ms;
     sonar_expected exp = {0};
@@ -605,6 +627,10 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
         ga->next = g->table[b];
         g->table[b] = ga;
         g->running++;
+        if (ga->deadline_ms < g->next_deadline_ms) {
+            g->next_deadline_ms = ga->deadline_ms;
+            pthread_cond_signal(&g->deadline_cond);
+        }
     }
     pthread_mutex_unlock(&g->mu);
     if (s != SONAR_OK)
@@ -615,6 +641,12 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
         sonar_gatherer_finish(g, ga);
         return s;
     }
+    /* Nobody to wait for: the report is ready at once (nothing is attached
+     * yet, so there is nobody to answer or call either). */
+    pthread_mutex_lock(&ga->mu);
+    waiter *enders = sonar_tally_complete(ga->tally) ? end_locked(ga) : NULL;
+    pthread_mutex_unlock(&ga->mu);
+    run_enders(ga, enders);
     *out = ga;
     *out_joined = false;
     return SONAR_OK;
@@ -631,11 +663,15 @@ static void reply_report(const sonar_gather *ga, sonar_request *req)
 }
 
 /* Under ga->mu, on whichever thread sees the gather end: the result
- * callback when the last expected answer arrives, or a waiting handler at
- * the deadline or on cancel. Encoding and one publish per waiter are quick,
- * so this may run on a NATS thread. */
-static void build_report(sonar_gather *ga)
+ * callback when the last expected answer arrives, the deadline thread, or
+ * cancel. Builds the report once and answers every waiting request (the
+ * reply leaves before anything else happens); returns the waiters, whose
+ * on_end the caller runs with run_enders() after unlocking. Encoding and
+ * one publish per waiter are quick, so this may run on a NATS thread. */
+static waiter *end_locked(sonar_gather *ga)
 {
+    if (ga->done)
+        return NULL;
     sonar_report_msg r = {0};
     const char *why = ga->cancelled && !sonar_tally_complete(ga->tally) &&
                               sonar_now_ms() < ga->deadline_ms
@@ -650,59 +686,119 @@ static void build_report(sonar_gather *ga)
         sonar_log(SONAR_LOG_ERROR, "gather %s: building the report: %s", ga->change_id,
                   sonar_last_error());
     sonar_report_finish(&r);
-    ga->done = true;
-    /* Reply before waking the handlers: the wake-up is off the latency path. */
-    while (ga->waiters != NULL) {
-        waiter *w = ga->waiters;
-        ga->waiters = w->next;
+    atomic_store(&ga->done, true);
+    for (waiter *w = ga->waiters; w != NULL; w = w->next)
         reply_report(ga, w->req);
-        free(w);
-    }
-    pthread_cond_broadcast(&ga->cond);
+    waiter *list = ga->waiters;
+    ga->waiters = NULL;
+    return list;
 }
 
-void sonar_gather_attach(sonar_gather *ga, sonar_request *req)
+/* Runs (and frees) the on_end of waiters end_locked() returned; not under ga->mu. */
+static void run_enders(sonar_gather *ga, waiter *list)
+{
+    while (list != NULL) {
+        waiter *w = list;
+        list = w->next;
+        if (w->on_end != NULL)
+            w->on_end(w->arg, ga, ga->report_status, ga->report_json, ga->verdict);
+        free(w);
+    }
+}
+
+/* Ends the gathers of the table: those past their deadline, or every one
+ * when cancelling (shutdown). Not under any lock. False when some were
+ * left for lack of memory. */
+static bool end_running(sonar_gatherer *g, bool cancel)
+{
+    int64_t now = sonar_now_ms();
+    bool all = true;
+    size_t n = 0, cap = 0;
+    sonar_gather **due = NULL;
+    pthread_mutex_lock(&g->mu);
+    for (size_t b = 0; b < BUCKETS; b++) {
+        for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
+            if (atomic_load(&ga->done) || (!cancel && ga->deadline_ms > now))
+                continue;
+            if (n == cap) {
+                size_t c = cap ? 2 * cap : 16;
+                sonar_gather **v = realloc(due, c * sizeof *v);
+                if (v == NULL) {
+                    all = false; /* the rest is ended on the next round */
+                    break;
+                }
+                due = v;
+                cap = c;
+            }
+            atomic_fetch_add(&ga->refs, 1);
+            due[n++] = ga;
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    for (size_t i = 0; i < n; i++) {
+        sonar_gather *ga = due[i];
+        pthread_mutex_lock(&ga->mu);
+        if (cancel)
+            ga->cancelled = true;
+        waiter *enders = end_locked(ga);
+        pthread_mutex_unlock(&ga->mu);
+        run_enders(ga, enders);
+        gather_unref(ga);
+    }
+    free(due);
+    return all;
+}
+
+/* The deadline thread: sleeps until the earliest deadline of a running
+ * gather, then ends those past it with the silent services incomplete. */
+static void *deadline_main(void *arg)
+{
+    sonar_gatherer *g = arg;
+    pthread_setname_np(pthread_self(), "sonard-deadline");
+    pthread_mutex_lock(&g->mu);
+    while (!g->stopping) {
+        int64_t next = INT64_MAX;
+        for (size_t b = 0; b < BUCKETS; b++)
+            for (sonar_gather *ga = g->table[b]; ga; ga = ga->next)
+                if (!atomic_load(&ga->done) && ga->deadline_ms < next)
+                    next = ga->deadline_ms;
+        g->next_deadline_ms = next;
+        if (next > sonar_now_ms()) {
+            if (next == INT64_MAX)
+                pthread_cond_wait(&g->deadline_cond, &g->mu);
+            else
+                sonar_cond_wait_until(&g->deadline_cond, &g->mu, next);
+            continue;
+        }
+        pthread_mutex_unlock(&g->mu);
+        end_running(g, false);
+        pthread_mutex_lock(&g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+void sonar_gather_attach(sonar_gather *ga, sonar_request *req, sonar_gather_end_fn on_end,
+                         void *arg)
 {
     waiter *w = malloc(sizeof *w);
     pthread_mutex_lock(&ga->mu);
-    if (ga->done) {
+    bool now = ga->done || w == NULL;
+    if (ga->done)
         reply_report(ga, req);
-        free(w);
-    } else if (w == NULL) {
+    else if (w == NULL)
         sonar_request_respond_error(req, 500, "gather: out of memory");
-    } else {
-        *w = (waiter){.next = ga->waiters, .req = req};
+    else {
+        *w = (waiter){.next = ga->waiters, .req = req, .on_end = on_end, .arg = arg};
         ga->waiters = w;
     }
     pthread_mutex_unlock(&ga->mu);
-}
-
-sonar_status sonar_gather_wait(sonar_gather *ga, sonar_request *req, char **out_json,
-                               sonar_outcome *out_verdict)
-{
-    if (req != NULL)
-        sonar_gather_attach(ga, req);
-    pthread_mutex_lock(&ga->mu);
-    while (!ga->done && !ga->cancelled && !sonar_tally_complete(ga->tally) &&
-           sonar_now_ms() < ga->deadline_ms) {
-        sonar_cond_wait_until(&ga->cond, &ga->mu, ga->deadline_ms);
+    if (now) {
+        free(w);
+        if (on_end != NULL)
+            on_end(arg, ga, ga->done ? ga->report_status : SONAR_ERR_NOMEM, ga->report_json,
+                   ga->verdict);
     }
-    if (!ga->done)
-        build_report(ga); /* answers our request (and every other waiter's) */
-    sonar_status s = ga->report_status;
-    char *copy = NULL;
-    if (s == SONAR_OK && (copy = strdup(ga->report_json)) == NULL)
-        s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
-    else if (s != SONAR_OK)
-        s = sonar__fail(s, "the report of change %s could not be built", ga->change_id);
-    sonar_outcome verdict = ga->verdict;
-    pthread_mutex_unlock(&ga->mu);
-    if (s != SONAR_OK)
-        return s;
-    *out_json = copy;
-    if (out_verdict != NULL)
-        *out_verdict = verdict;
-    return SONAR_OK;
 }
 
 void sonar_gatherer_finish(sonar_gatherer *g, sonar_gather *ga)

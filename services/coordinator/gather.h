@@ -13,17 +13,19 @@
  * `sonar.gather.v1` on `sonar.gather.<change_id>`. Results are collected
  * in the subscription callback into memory; the callback that records the
  * last expected answer builds the report, answers every change request
- * waiting on the gather and then wakes the waiting handlers, so the reply
- * leaves as soon as everyone answered. At the deadline a waiting handler
- * builds it, with the silent ones incomplete ("no answer by the deadline").
+ * attached to the gather and then runs their on_end callbacks, so the
+ * reply leaves as soon as everyone answered. At the deadline the
+ * gatherer's deadline thread (`sonard-deadline`) does the same, with the
+ * silent ones incomplete ("no answer by the deadline"). No thread waits for
+ * a gather: a running gather holds no worker.
  *
  * Thread-safety: the tally is not thread-safe (the gatherer locks around
- * it). The gatherer and gathers may be used from any thread. begin (a
- * registry snapshot and two publishes), join, attach and release are quick
- * and may run on a NATS callback thread; wait blocks and runs on worker
- * threads only. The result callback runs on the subscription's NATS thread
- * and does only decoding, in-memory work and, for the last expected
- * answer, encoding the report and one reply per attached request.
+ * it). The gatherer and gathers may be used from any thread; every
+ * function here is quick (begin: a registry snapshot and two publishes) and
+ * may run on a NATS callback thread. The result callback runs on the
+ * subscription's NATS thread and does only decoding, in-memory work and,
+ * for the last expected answer, encoding the report, one reply per
+ * attached request and their on_end callbacks.
  */
 #ifndef SONARD_GATHER_H
 #define SONARD_GATHER_H
@@ -107,12 +109,18 @@ sonar_status sonar_gatherer_create(sonar_gatherer **out, natsConnection *nc,
                                    sonar_registry *reg, const char *self_name);
 
 /**
- * \brief Unsubscribes and frees. Call after every gather was finished or
- *        released (sonar_gatherer_cancel_all() makes waits return). Accepts NULL.
+ * \brief Stops the deadline thread, unsubscribes and frees. Call after
+ *        every gather was finished or released (sonar_gatherer_cancel_all()
+ *        ends the running ones). Accepts NULL.
  */
 void sonar_gatherer_destroy(sonar_gatherer *g);
 
-/** \brief Ends every running gather now (shutdown): waits return at once. */
+/**
+ * \brief Ends every running gather now (shutdown): each report is built
+ *        (services still silent: "no answer before the coordinator shut
+ *        down"), its requests answered and their on_end run, on the
+ *        caller's thread. Gathers begun afterwards are refused.
+ */
 void sonar_gatherer_cancel_all(sonar_gatherer *g);
 
 /** \brief Number of gathers running (begun and not finished). */
@@ -140,35 +148,31 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
 sonar_status sonar_gatherer_join(sonar_gatherer *g, const char *change_id, sonar_gather **out);
 
 /**
- * \brief Has \p req (borrowed; it must stay valid until the gather's report
- *        is built, i.e. until a sonar_gather_wait() on this gather returned)
- *        answered with the report by whichever thread builds it, or at once
- *        when it is built already (a 500 when it could not be built, or on
- *        out of memory). Quick: may run on a NATS thread.
+ * Called once when the gather ended, after the attached request was
+ * answered, outside the gather's lock, on the thread that ended it (a NATS
+ * thread, the deadline thread, or the caller of cancel or attach): it must
+ * be quick. \p report_json (borrowed, valid while the gather is referenced)
+ * and \p verdict are the report when \p status is SONAR_OK.
  */
-void sonar_gather_attach(sonar_gather *ga, sonar_request *req);
+typedef void (*sonar_gather_end_fn)(void *arg, sonar_gather *ga, sonar_status status,
+                                    const char *report_json, sonar_outcome verdict);
 
 /**
- * \brief Blocks until the gather ends (everyone answered, the deadline,
- *        or cancel) and returns its report.
- * \param req when not NULL, attached first (sonar_gather_attach(); it must
- *        stay valid until this returns, which holds for the request of the
- *        endpoint handler that calls this): it is answered with the report
- *        (or a 500 when the report could not be built) by whichever thread
- *        builds it, before the waiting callers are woken. When the last
- *        expected answer arrives that is the result callback (a NATS
- *        thread), so the reply does not wait for this thread to wake up.
- *        On return the request has been answered.
- * \param out_json new `sonar.report.v1` text (free()).
- * \param out_verdict when not NULL, the verdict.
+ * \brief Has \p req answered with the report by whichever thread builds it
+ *        (a 500 when it could not be built, or on out of memory), then
+ *        \p on_end called (may be NULL). When the report is built already,
+ *        both happen at once on the caller's thread. \p req must stay valid
+ *        until on_end ran (sonar_request_keep()). Quick: may run on a NATS
+ *        thread.
  */
-sonar_status sonar_gather_wait(sonar_gather *ga, sonar_request *req, char **out_json,
-                               sonar_outcome *out_verdict);
+void sonar_gather_attach(sonar_gather *ga, sonar_request *req, sonar_gather_end_fn on_end,
+                         void *arg);
 
 /**
- * \brief The starter's hand-back, after it published and stored the
- *        report: removes the gather from the table (a later announce of
- *        the same id finds the stored report) and drops the reference.
+ * \brief The starter's hand-back, after the report was stored (and handed
+ *        to the outbox): removes the gather from the table (a later
+ *        announce of the same id finds the stored report; until then it
+ *        joins this gather) and drops the reference.
  */
 void sonar_gatherer_finish(sonar_gatherer *g, sonar_gather *ga);
 

@@ -53,6 +53,12 @@ typedef struct job {
     bool *done;                  /* JOB_SYNC, JOB_REPORT_EVENT: set when applied */
     sonar_status *status;        /* JOB_REPORT_EVENT: its outcome, */
     char *why;                   /* and why it failed (WHY_MAX bytes, the waiter's) */
+    /* A submitted JOB_REPORT_EVENT: nobody waits; done_fn runs once applied,
+     * with the outcome in result and own_why (WHY_MAX bytes, the job's). */
+    sonar_store_done_fn done_fn;
+    void *done_arg;
+    sonar_status result;
+    char *own_why;
 } job;
 
 struct sonar_store {
@@ -503,6 +509,7 @@ static void job_free(job *j)
     free(j->e);
     free(j->f);
     free(j->g);
+    free(j->own_why);
     free(j);
 }
 
@@ -565,8 +572,16 @@ static void writer_apply_batch(sonar_store *st, job *batch)
     pthread_mutex_unlock(&st->mu);
     pthread_mutex_lock(&st->qmu);
     bool synced = false;
+    job *submitted = NULL, **tail = &submitted;
     while (batch != NULL) {
         job *next = batch->next;
+        if (batch->done_fn != NULL) { /* told below, outside the lock */
+            batch->next = NULL;
+            *tail = batch;
+            tail = &batch->next;
+            batch = next;
+            continue;
+        }
         if (batch->kind == JOB_SYNC || batch->kind == JOB_REPORT_EVENT) {
             *batch->done = true;
             synced = true;
@@ -577,6 +592,12 @@ static void writer_apply_batch(sonar_store *st, job *batch)
     if (synced)
         pthread_cond_broadcast(&st->synced);
     pthread_mutex_unlock(&st->qmu);
+    while (submitted != NULL) {
+        job *j = submitted;
+        submitted = j->next;
+        j->done_fn(j->done_arg, j->result, j->own_why);
+        job_free(j);
+    }
 }
 
 static void *writer_main(void *arg)
@@ -757,10 +778,11 @@ sonar_status sonar_store_enqueue_report(sonar_store *st, const char *change_id,
     return enqueue(st, j);
 }
 
-sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_id,
-                                            const char *service, const char *verdict,
-                                            int64_t wall_ms, const char *report_json,
-                                            const char *subject, const char *const *headers)
+/* A JOB_REPORT_EVENT with its strings copied. */
+static sonar_status report_event_job(job **out, const char *change_id, const char *service,
+                                     const char *verdict, int64_t wall_ms,
+                                     const char *report_json, const char *subject,
+                                     const char *const *headers)
 {
     if (headers != NULL && headers[0] != NULL && (headers[1] == NULL || headers[2] != NULL))
         return sonar__fail(SONAR_ERR_INVALID, "store: a report event takes one header");
@@ -777,10 +799,24 @@ sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_
             job_free(j);
         return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
     }
+    j->n2 = wall_ms;
+    *out = j;
+    return SONAR_OK;
+}
+
+sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_id,
+                                            const char *service, const char *verdict,
+                                            int64_t wall_ms, const char *report_json,
+                                            const char *subject, const char *const *headers)
+{
+    job *j = NULL;
+    sonar_status s = report_event_job(&j, change_id, service, verdict, wall_ms, report_json,
+                                      subject, headers);
+    if (s != SONAR_OK)
+        return s;
     bool done = false;
     sonar_status status = SONAR_OK;
     char why[WHY_MAX] = "";
-    j->n2 = wall_ms;
     j->done = &done;
     j->status = &status;
     j->why = why;
@@ -788,6 +824,40 @@ sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_
         return sonar_store_put_report_event(st, change_id, service, verdict, wall_ms,
                                             report_json, subject, headers);
     return status == SONAR_OK ? SONAR_OK : sonar__fail(status, "%s", why);
+}
+
+sonar_status sonar_store_submit_report_event(sonar_store *st, const char *change_id,
+                                             const char *service, const char *verdict,
+                                             int64_t wall_ms, const char *report_json,
+                                             const char *subject, const char *const *headers,
+                                             sonar_store_done_fn done, void *arg)
+{
+    job *j = NULL;
+    sonar_status s = report_event_job(&j, change_id, service, verdict, wall_ms, report_json,
+                                      subject, headers);
+    if (s != SONAR_OK)
+        return s;
+    if ((j->own_why = calloc(1, WHY_MAX)) == NULL) {
+        job_free(j);
+        return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
+    }
+    j->done_fn = done;
+    j->done_arg = arg;
+    j->status = &j->result;
+    j->why = j->own_why;
+    pthread_mutex_lock(&st->qmu);
+    bool running = st->running && !st->stopping;
+    if (running)
+        queue_append(st, j); /* not counted against the limit: never dropped */
+    pthread_mutex_unlock(&st->qmu);
+    if (!running) {
+        pthread_mutex_lock(&st->mu);
+        apply(st, j);
+        pthread_mutex_unlock(&st->mu);
+        done(arg, j->result, j->own_why);
+        job_free(j);
+    }
+    return SONAR_OK;
 }
 
 void sonar_store_sync(sonar_store *st)

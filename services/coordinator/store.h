@@ -169,6 +169,26 @@ sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_
                                             int64_t wall_ms, const char *report_json,
                                             const char *subject, const char *const *headers);
 
+/** Told on the writer thread that a submitted report event was applied;
+ *  \p why is the failure's text when \p status is not SONAR_OK. */
+typedef void (*sonar_store_done_fn)(void *arg, sonar_status status, const char *why);
+
+/**
+ * \brief sonar_store_write_report_event() without waiting: \p done(arg, ...)
+ *        runs on the writer thread once it was applied, after the batch's
+ *        commit. When no writer runs it is applied and \p done called at
+ *        once on the caller's thread (blocking: tests, tools). Never
+ *        dropped for a full queue. With a writer running it is quick and may
+ *        be called on NATS threads.
+ * \return SONAR_OK (\p done will run, once); SONAR_ERR_INVALID (headers)
+ *         or SONAR_ERR_NOMEM (it will not).
+ */
+sonar_status sonar_store_submit_report_event(sonar_store *st, const char *change_id,
+                                             const char *service, const char *verdict,
+                                             int64_t wall_ms, const char *report_json,
+                                             const char *subject, const char *const *headers,
+                                             sonar_store_done_fn done, void *arg);
+
 /** \brief Queues a report (e.g. one another coordinator published). Safe on NATS threads. */
 sonar_status sonar_store_enqueue_report(sonar_store *st, const char *change_id,
                                         const char *service, const char *verdict,

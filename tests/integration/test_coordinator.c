@@ -776,6 +776,68 @@ Test(coordinator, a_flood_of_answers_to_a_running_gather_is_survived)
     natsInbox_Destroy(inbox);
 }
 
+/* No worker waits for a gather: with one endpoint worker and four gathers
+ * waiting for a silent service, the read API still answers at once, and
+ * the deadline thread ends all four, each stored. */
+Test(coordinator, more_running_gathers_than_workers_block_neither_the_api_nor_deadlines)
+{
+    stop_pid(sonard_pid, SIGTERM);
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 0, 10000));
+    char db[400];
+    snprintf(db, sizeof db, "%s/one-worker.db", dir);
+    const char *argv[] = {test_bin("SONARD_BIN"), "--server", nd.url, "--db", db,
+                          "--workers", "1", NULL};
+    spawn(argv);
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 10000), "sonard does not answer");
+    register_by_hand("silent", 60000);
+    const char *names[] = {"silent"};
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    natsSubscription *gathers = NULL, *replies = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&gathers, nc, "sonar.gather.*"), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&replies, nc, "test.many.*"), NATS_OK);
+    for (int i = 0; i < 4; i++) {
+        char body[256], reply[64];
+        snprintf(body, sizeof body,
+                 "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-many-%d\",\"service\":"
+                 "\"chillybin\",\"version\":\"2\",\"address\":\"http://h:1\","
+                 "\"timeout_ms\":2000}", i);
+        snprintf(reply, sizeof reply, "test.many.%d", i);
+        cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", reply,
+                                                         body), NATS_OK);
+    }
+    natsMsg *m = NULL;
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(natsSubscription_NextMsg(&m, gathers, 10000), NATS_OK, "gather %d never began",
+                     i);
+        natsMsg_Destroy(m);
+    }
+    /* All four wait for "silent"; the one worker is free for the read API. */
+    json_t *services = request("sonar.api.services", "", 10000);
+    cr_assert_not_null(services, "the read API did not answer");
+    json_decref(services);
+    cr_assert_eq(natsSubscription_NextMsg(&m, replies, 0), NATS_TIMEOUT,
+                 "a report came before the read API answered: it waited for a gather");
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(natsSubscription_NextMsg(&m, replies, 20000), NATS_OK, "report %d missing", i);
+        json_t *report = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+        natsMsg_Destroy(m);
+        cr_assert_str_eq(str(report, "verdict"), "incomplete");
+        cr_assert_str_eq(str(result_of(report, "silent"), "reason"), "no answer by the deadline");
+        char body[128];
+        snprintf(body, sizeof body, "{\"change_id\":\"%s\"}", str(report, "change_id"));
+        json_t *stored = NULL;
+        cr_assert(TEST_WAIT_UNTIL((json_decref(stored),
+                                   stored = request("sonar.api.report", body, 1000),
+                                   stored != NULL && json_object_get(stored, "results") != NULL),
+                                  10000),
+                  "report %s not stored", str(report, "change_id"));
+        json_decref(stored);
+        json_decref(report);
+    }
+    natsSubscription_Destroy(gathers);
+    natsSubscription_Destroy(replies);
+}
+
 Test(coordinator, an_instance_expires_after_three_missed_heartbeats)
 {
     register_by_hand("ghost", 200);

@@ -627,6 +627,159 @@ Test(service, fast_endpoint_answers_on_the_nats_thread_or_defers_to_a_worker)
     sonar_service_destroy(svc);
 }
 
+/* ---- kept requests ------------------------------------------------------ */
+
+static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static sonar_request *kept_req; /* a kept request waiting for the test to answer it */
+static _Atomic int keep_again = -1;   /* a second keep by the fast handler */
+static _Atomic int keep_deferred = -1; /* a keep by a fast handler that deferred */
+
+static void hand_over(sonar_request *req)
+{
+    pthread_mutex_lock(&kept_mu);
+    kept_req = req;
+    pthread_mutex_unlock(&kept_mu);
+}
+
+static sonar_request *take_kept(void)
+{
+    pthread_mutex_lock(&kept_mu);
+    sonar_request *req = kept_req;
+    kept_req = NULL;
+    pthread_mutex_unlock(&kept_mu);
+    return req;
+}
+
+static bool kept_waiting(void)
+{
+    pthread_mutex_lock(&kept_mu);
+    bool waiting = kept_req != NULL;
+    pthread_mutex_unlock(&kept_mu);
+    return waiting;
+}
+
+static sonar_status keep_continue(sonar_request *req, void *closure)
+{
+    (void)closure;
+    if (sonar_request_keep(req) == SONAR_OK)
+        hand_over(req);
+    return SONAR_OK;
+}
+
+static sonar_status keep_handler(sonar_request *req, void *closure)
+{
+    (void)closure;
+    const char *body = sonar_request_data(req);
+    if (strcmp(body, "keep") == 0) {
+        if (sonar_request_keep(req) != SONAR_OK)
+            return SONAR_ERR_STATE;
+        atomic_store(&keep_again, sonar_request_keep(req));
+        hand_over(req); /* the test answers it, maybe before we return */
+        return SONAR_OK;
+    }
+    if (strcmp(body, "drop") == 0) { /* done at once, unanswered, before returning */
+        if (sonar_request_keep(req) != SONAR_OK)
+            return SONAR_ERR_STATE;
+        sonar_request_done(req);
+        return SONAR_OK;
+    }
+    /* "defer": a fast handler that deferred cannot keep; its continuation can. */
+    if (sonar_request_defer(req, keep_continue, NULL) != SONAR_OK)
+        return SONAR_ERR_STATE;
+    atomic_store(&keep_deferred, sonar_request_keep(req));
+    return SONAR_OK;
+}
+
+static sonar_status plain_keep_handler(sonar_request *req, void *closure)
+{
+    (void)closure;
+    const char *text = sonar_status_str(sonar_request_keep(req));
+    return sonar_request_respond(req, text, strlen(text));
+}
+
+static natsSubscription *request_async(const char *subject, const char *body, const char *reply)
+{
+    natsSubscription *sub = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, test_nc, reply), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(test_nc, subject, reply, body), NATS_OK);
+    return sub;
+}
+
+typedef struct stopper {
+    sonar_service *svc;
+    _Atomic bool stopped;
+} stopper;
+
+static void *stop_service(void *arg)
+{
+    stopper *st = arg;
+    sonar_service_stop(st->svc);
+    atomic_store(&st->stopped, true);
+    return NULL;
+}
+
+/* A kept request outlives its handler: another thread answers it and hands
+ * it back; unanswered, it gets a 500; stop waits for it. */
+Test(service, a_kept_request_is_answered_after_its_handler_and_stop_waits_for_it)
+{
+    sonar_service *svc = join("keeper", "k1");
+    cr_assert_eq(sonar_service_add_fast_endpoint(svc, "keep", "keeper.fast", NULL, keep_handler,
+                                                 NULL), SONAR_OK);
+    cr_assert_eq(sonar_service_add_endpoint(svc, "plain", "keeper.plain", NULL,
+                                            plain_keep_handler, NULL), SONAR_OK);
+    start(svc);
+    /* Kept by the fast handler (once), answered by the test thread. */
+    natsSubscription *sub = request_async("keeper.fast", "keep", "test.keep.1");
+    cr_assert(TEST_WAIT_UNTIL(kept_waiting(), 5000), "the handler did not hand the request over");
+    sonar_request *req = take_kept();
+    cr_assert_eq(sonar_request_respond(req, "kept", 4), SONAR_OK);
+    sonar_request_done(req);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, sub, 10000), NATS_OK);
+    cr_assert_eq(natsMsg_GetDataLength(m), 4);
+    cr_assert_eq(memcmp(natsMsg_GetData(m), "kept", 4), 0);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    cr_assert_eq(atomic_load(&keep_again), SONAR_ERR_STATE, "kept twice");
+    /* Handed back unanswered (before the handler even returned): a 500. */
+    m = request("keeper.fast", "drop");
+    const char *code = NULL;
+    cr_assert_eq(natsMsgHeader_Get(m, "Nats-Service-Error-Code", &code), NATS_OK);
+    cr_assert_str_eq(code, "500");
+    cr_assert(strstr(natsMsg_GetData(m), "never answered") != NULL, "%s", natsMsg_GetData(m));
+    natsMsg_Destroy(m);
+    /* A plain endpoint's request cannot be kept. */
+    m = request("keeper.plain", "x");
+    cr_assert_eq(natsMsg_GetDataLength(m), (int)strlen("invalid state"));
+    natsMsg_Destroy(m);
+    /* Kept by a continuation; stop does not return before it is handed back. */
+    sub = request_async("keeper.fast", "defer", "test.keep.2");
+    cr_assert(TEST_WAIT_UNTIL(kept_waiting(), 5000), "the continuation did not keep it");
+    req = take_kept();
+    cr_assert_eq(atomic_load(&keep_deferred), SONAR_ERR_STATE, "kept after a defer");
+    natsSubscription *leave = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&leave, test_nc, "sonar.leave.keeper"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(test_nc), NATS_OK);
+    stopper st = {.svc = svc};
+    atomic_init(&st.stopped, false);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, stop_service, &st), 0);
+    /* Stop has begun (it leaves first), and cannot end while req is kept. */
+    cr_assert_eq(natsSubscription_NextMsg(&m, leave, 10000), NATS_OK);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(leave);
+    cr_assert_not(atomic_load(&st.stopped), "stop returned while a request was kept");
+    cr_assert_eq(sonar_request_respond(req, "late", 4), SONAR_OK);
+    sonar_request_done(req);
+    pthread_join(t, NULL);
+    cr_assert(atomic_load(&st.stopped));
+    cr_assert_eq(natsSubscription_NextMsg(&m, sub, 10000), NATS_OK);
+    cr_assert_eq(memcmp(natsMsg_GetData(m), "late", 4), 0);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    sonar_service_destroy(svc);
+}
+
 Test(service, every_endpoint_request_is_answered_promptly_one_after_another)
 {
     /* One worker and the heartbeat thread share a condition variable: each

@@ -103,9 +103,8 @@ Test(sonard_metrics, metrics_follow_the_announcements)
     const char *type = sonar_http_response_header(&r, "Content-Type");
     cr_assert(type && strstr(type, "version=0.0.4"), "%s", type ? type : "(none)");
     sonar_http_response_finish(&r);
-    /* The report is the reply as soon as the gather ends; it is counted when
-     * the handler's continuation stores it, a moment later: scrape until it
-     * shows. */
+    /* The report is the reply as soon as the gather ends; it is counted
+     * just after, on the thread that ended it: scrape until it shows. */
     sonar_promtext *p = NULL;
     bool counted = TEST_WAIT_UNTIL((sonar_promtext_destroy(p), p = scrape(url)) != NULL &&
                                        value(p, "sonard_reports_total", "pass") == 1,

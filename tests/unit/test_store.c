@@ -1,5 +1,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
 #include <limits.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -333,4 +334,79 @@ Test(store, without_a_writer_a_report_event_is_written_directly)
                  SONAR_OK, "%s", sonar_last_error());
     cr_assert_eq(count_of("SELECT count(*) FROM sonar_outbox"), 1);
     sonar_store_close(st);
+}
+
+/* What a submitted report event told its callback. */
+typedef struct told {
+    pthread_mutex_t mu;
+    int calls;
+    sonar_status status;
+    char why[256];
+    char thread[16];
+} told;
+
+static void on_stored(void *arg, sonar_status status, const char *why)
+{
+    told *t = arg;
+    pthread_mutex_lock(&t->mu);
+    t->calls++;
+    t->status = status;
+    snprintf(t->why, sizeof t->why, "%s", why ? why : "");
+    pthread_getname_np(pthread_self(), t->thread, sizeof t->thread);
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int told_calls(told *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int n = t->calls;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+/* Submitted, nobody waits: the callback runs once on the writer thread
+ * after the rows are committed; a refused subject is told with its reason. */
+Test(store, a_submitted_report_event_is_told_on_the_writer_once_stored)
+{
+    sonar_store *st;
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_start_writer(st, 1000000, 1000000), SONAR_OK);
+    told ok = {.calls = 0}, bad = {.calls = 0};
+    pthread_mutex_init(&ok.mu, NULL);
+    pthread_mutex_init(&bad.mu, NULL);
+    const char *hdr[] = {"Sonar-Coordinator", "i-1", NULL};
+    cr_assert_eq(sonar_store_submit_report_event(st, "c1", "x", "pass", sonar_wall_ms(), "{}",
+                                                 "sonar.report.x", hdr, on_stored, &ok),
+                 SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_store_submit_report_event(st, "c2", "x", "pass", sonar_wall_ms(), "{}",
+                                                 "bad subject", NULL, on_stored, &bad),
+                 SONAR_OK);
+    cr_assert(TEST_WAIT_UNTIL(told_calls(&ok) == 1 && told_calls(&bad) == 1, 10000));
+    cr_assert_eq(ok.status, SONAR_OK, "%s", ok.why);
+    cr_assert_str_eq(ok.thread, "sonard-store");
+    cr_assert_eq(count_of("SELECT count(*) FROM reports WHERE change_id = 'c1'"), 1);
+    cr_assert_eq(count_of("SELECT count(*) FROM sonar_outbox"), 1);
+    cr_assert_eq(bad.status, SONAR_ERR_INVALID);
+    cr_assert(strstr(bad.why, "subject") != NULL, "%s", bad.why);
+    cr_assert_eq(count_of("SELECT count(*) FROM reports WHERE change_id = 'c2'"), 0);
+    /* Two headers are refused at once: no callback. */
+    const char *two[] = {"A", "1", "B", "2", NULL};
+    cr_assert_eq(sonar_store_submit_report_event(st, "c3", "x", "pass", sonar_wall_ms(), "{}",
+                                                 "s.x", two, on_stored, &bad),
+                 SONAR_ERR_INVALID);
+    sonar_store_sync(st);
+    cr_assert_eq(told_calls(&bad), 1);
+    sonar_store_close(st);
+    cr_assert_eq(told_calls(&ok), 1, "told once");
+    /* Without a writer: applied and told at once, on the caller's thread. */
+    cr_assert_eq(sonar_store_open(&st, path), SONAR_OK);
+    cr_assert_eq(sonar_store_submit_report_event(st, "c4", "x", "fail", sonar_wall_ms(), "{}",
+                                                 "sonar.report.x", NULL, on_stored, &ok),
+                 SONAR_OK);
+    cr_assert_eq(told_calls(&ok), 2);
+    cr_assert_eq(ok.status, SONAR_OK);
+    cr_assert_eq(count_of("SELECT count(*) FROM reports WHERE change_id = 'c4'"), 1);
+    sonar_store_close(st);
+    pthread_mutex_destroy(&ok.mu);
+    pthread_mutex_destroy(&bad.mu);
 }

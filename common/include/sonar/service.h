@@ -172,6 +172,26 @@ typedef sonar_status (*sonar_endpoint_fn)(sonar_request *req, void *closure);
  */
 sonar_status sonar_request_defer(sonar_request *req, sonar_endpoint_fn fn, void *closure);
 
+/**
+ * \brief Keeps \p req past its handler: from a fast handler that did not
+ *        defer, or from a continuation. When the handler returns, the
+ *        service neither answers nor frees the request; the caller owns
+ *        it, may answer it from any thread, and must hand it back with
+ *        sonar_request_done() exactly once. For work that ends on another
+ *        thread's event (sonard's gathers), so that no worker waits for it.
+ *        sonar_service_stop() waits until every kept request was done.
+ * \return SONAR_OK; SONAR_ERR_STATE (a plain endpoint's request, a fast
+ *         handler that deferred, or kept already).
+ */
+sonar_status sonar_request_keep(sonar_request *req);
+
+/**
+ * \brief Hands a kept request back: answers it with an error (500) when
+ *        nobody did, and frees it. Any thread; \p req must not be used
+ *        afterwards. Accepts NULL.
+ */
+void sonar_request_done(sonar_request *req);
+
 /* ---- Lifecycle --------------------------------------------------------- */
 
 /**
