@@ -412,31 +412,13 @@ static void publish_report(sonar_coordinator *c, const char *service, const char
 typedef struct change_job change_job;
 static void change_stored(void *arg, sonar_status status, const char *why);
 
-/* Stores the report and publishes it on sonar.report.<service>: through the
- * outbox (in the same transaction, into the SONAR_EVENTS stream) when the
- * server has JetStream, else directly on core NATS. On the store's writer
- * thread, at its lower priority (the reply went out already); change_stored()
- * runs there when done. Quick: runs where the gather ended. */
-static sonar_status store_and_publish(sonar_coordinator *c, change_job *cj,
-                                      const sonar_change_msg *ch, sonar_outcome verdict,
-                                      const char *report)
-{
-    if (c->outbox == NULL) {
-        publish_report(c, ch->service, report);
-        return sonar_store_submit_report_event(c->store, ch->change_id, ch->service,
-                                               sonar_outcome_str(verdict), sonar_wall_ms(),
-                                               report, NULL, NULL, change_stored, cj);
-    }
-    char *subject = NULL;
-    sonar_status s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
-    const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
-    if (s == SONAR_OK)
-        s = sonar_store_submit_report_event(c->store, ch->change_id, ch->service,
-                                            sonar_outcome_str(verdict), sonar_wall_ms(), report,
-                                            subject, headers, change_stored, cj);
-    free(subject);
-    return s;
-}
+/* Stores the report of cj's gather and publishes it on
+ * sonar.report.<service>: through the outbox (in the same transaction,
+ * into the SONAR_EVENTS stream) when the server has JetStream, else
+ * directly on core NATS. Stored on the store's writer thread, at its lower
+ * priority (the reply went out already); change_stored() runs there when
+ * done. Quick: runs where the gather ended. */
+static sonar_status store_and_publish(change_job *cj, const char *report);
 
 static json_t *change_stats(void *closure)
 {
@@ -480,7 +462,7 @@ struct change_job {
     sonar_coordinator *c;
     sonar_request *req;
     sonar_change_msg ch;
-    sonar_gather *ga; /* NULL: not begun yet (or failed, when answered) */
+    sonar_gather *ga; /* the gather begun or joined; NULL before */
     int64_t started_ms;
     sonar_outcome verdict; /* of the report, once the gather ended */
     bool joined;
@@ -511,6 +493,26 @@ static void change_stored(void *arg, sonar_status status, const char *why)
     change_job_free(cj);
 }
 
+static sonar_status store_and_publish(change_job *cj, const char *report)
+{
+    sonar_coordinator *c = cj->c;
+    const sonar_change_msg *ch = &cj->ch;
+    const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
+    char *subject = NULL; /* NULL: the report row only, no outbox row */
+    sonar_status s = SONAR_OK;
+    if (c->outbox == NULL)
+        publish_report(c, ch->service, report);
+    else
+        s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
+    if (s == SONAR_OK)
+        s = sonar_store_submit_report_event(c->store, ch->change_id, ch->service,
+                                            sonar_outcome_str(cj->verdict), sonar_wall_ms(),
+                                            report, subject, subject ? headers : NULL,
+                                            change_stored, cj);
+    free(subject);
+    return s;
+}
+
 /* The gather ended and the request was answered with its report (the
  * thread that ended it: a NATS thread, the deadline thread, or cancel). A
  * starter stores and publishes the report; a joiner is done. */
@@ -530,7 +532,7 @@ static void change_ended(void *arg, sonar_gather *ga, sonar_status status, const
         sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - cj->started_ms);
         cj->verdict = verdict;
         /* The gather stays in the table until stored: a retry meanwhile joins it. */
-        if (store_and_publish(c, cj, ch, verdict, report) == SONAR_OK)
+        if (store_and_publish(cj, report) == SONAR_OK)
             return; /* change_stored() follows */
         sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id,
                   sonar_last_error());

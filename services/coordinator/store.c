@@ -50,15 +50,13 @@ typedef struct job {
     job_kind kind;
     char *a, *b, *c, *d, *e, *f, *g; /* meaning depends on kind */
     int64_t n1, n2;
-    bool *done;                  /* JOB_SYNC, JOB_REPORT_EVENT: set when applied */
-    sonar_status *status;        /* JOB_REPORT_EVENT: its outcome, */
-    char *why;                   /* and why it failed (WHY_MAX bytes, the waiter's) */
-    /* A submitted JOB_REPORT_EVENT: nobody waits; done_fn runs once applied,
-     * with the outcome in result and own_why (WHY_MAX bytes, the job's). */
+    bool *done;                  /* JOB_SYNC: set when applied */
+    /* JOB_REPORT_EVENT: done_fn runs once applied (after the commit), with
+     * the outcome in result and why (WHY_MAX bytes) when it failed. */
     sonar_store_done_fn done_fn;
     void *done_arg;
     sonar_status result;
-    char *own_why;
+    char *why;
 } job;
 
 struct sonar_store {
@@ -509,7 +507,7 @@ static void job_free(job *j)
     free(j->e);
     free(j->f);
     free(j->g);
-    free(j->own_why);
+    free(j->why);
     free(j);
 }
 
@@ -542,13 +540,13 @@ static void apply(sonar_store *st, job *j)
         }
         if (s != SONAR_OK)
             snprintf(j->why, WHY_MAX, "%s", sonar_last_error());
-        *j->status = s;
+        j->result = s;
         break;
     }
     case JOB_SYNC:
         break;
     }
-    if (s != SONAR_OK && j->kind != JOB_REPORT_EVENT) /* that one's waiter reports it */
+    if (s != SONAR_OK && j->kind != JOB_REPORT_EVENT) /* that one's done_fn is told */
         sonar_log(SONAR_LOG_WARN, "store: %s", sonar_last_error());
 }
 
@@ -564,8 +562,8 @@ static void writer_apply_batch(sonar_store *st, job *batch)
         sonar_log(SONAR_LOG_WARN, "store: %s", why);
         exec(st, "ROLLBACK");
         for (job *j = batch; j != NULL; j = j->next)
-            if (j->kind == JOB_REPORT_EVENT && *j->status == SONAR_OK) {
-                *j->status = SONAR_ERR_DB;
+            if (j->kind == JOB_REPORT_EVENT && j->result == SONAR_OK) {
+                j->result = SONAR_ERR_DB;
                 snprintf(j->why, WHY_MAX, "%s", why);
             }
     }
@@ -575,14 +573,14 @@ static void writer_apply_batch(sonar_store *st, job *batch)
     job *submitted = NULL, **tail = &submitted;
     while (batch != NULL) {
         job *next = batch->next;
-        if (batch->done_fn != NULL) { /* told below, outside the lock */
+        if (batch->kind == JOB_REPORT_EVENT) { /* told below, outside the lock */
             batch->next = NULL;
             *tail = batch;
             tail = &batch->next;
             batch = next;
             continue;
         }
-        if (batch->kind == JOB_SYNC || batch->kind == JOB_REPORT_EVENT) {
+        if (batch->kind == JOB_SYNC) {
             *batch->done = true;
             synced = true;
         }
@@ -595,7 +593,7 @@ static void writer_apply_batch(sonar_store *st, job *batch)
     while (submitted != NULL) {
         job *j = submitted;
         submitted = j->next;
-        j->done_fn(j->done_arg, j->result, j->own_why);
+        j->done_fn(j->done_arg, j->result, j->why);
         job_free(j);
     }
 }
@@ -669,8 +667,8 @@ static void queue_append(sonar_store *st, job *j)
     pthread_cond_signal(&st->qcond);
 }
 
-/* Queues j (its `done` set) and waits until the writer applied it. False,
- * with j freed, when no writer runs. */
+/* Queues a JOB_SYNC (its `done` set) and waits until the writer applied
+ * it. False, with j freed, when no writer runs. */
 static bool queue_and_wait(sonar_store *st, job *j)
 {
     pthread_mutex_lock(&st->qmu);
@@ -804,28 +802,6 @@ static sonar_status report_event_job(job **out, const char *change_id, const cha
     return SONAR_OK;
 }
 
-sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_id,
-                                            const char *service, const char *verdict,
-                                            int64_t wall_ms, const char *report_json,
-                                            const char *subject, const char *const *headers)
-{
-    job *j = NULL;
-    sonar_status s = report_event_job(&j, change_id, service, verdict, wall_ms, report_json,
-                                      subject, headers);
-    if (s != SONAR_OK)
-        return s;
-    bool done = false;
-    sonar_status status = SONAR_OK;
-    char why[WHY_MAX] = "";
-    j->done = &done;
-    j->status = &status;
-    j->why = why;
-    if (!queue_and_wait(st, j)) /* the writer stopped meanwhile */
-        return sonar_store_put_report_event(st, change_id, service, verdict, wall_ms,
-                                            report_json, subject, headers);
-    return status == SONAR_OK ? SONAR_OK : sonar__fail(status, "%s", why);
-}
-
 sonar_status sonar_store_submit_report_event(sonar_store *st, const char *change_id,
                                              const char *service, const char *verdict,
                                              int64_t wall_ms, const char *report_json,
@@ -837,14 +813,12 @@ sonar_status sonar_store_submit_report_event(sonar_store *st, const char *change
                                       subject, headers);
     if (s != SONAR_OK)
         return s;
-    if ((j->own_why = calloc(1, WHY_MAX)) == NULL) {
+    if ((j->why = calloc(1, WHY_MAX)) == NULL) {
         job_free(j);
         return sonar__fail(SONAR_ERR_NOMEM, "store: out of memory");
     }
     j->done_fn = done;
     j->done_arg = arg;
-    j->status = &j->result;
-    j->why = j->own_why;
     pthread_mutex_lock(&st->qmu);
     bool running = st->running && !st->stopping;
     if (running)
@@ -854,10 +828,47 @@ sonar_status sonar_store_submit_report_event(sonar_store *st, const char *change
         pthread_mutex_lock(&st->mu);
         apply(st, j);
         pthread_mutex_unlock(&st->mu);
-        done(arg, j->result, j->own_why);
+        done(arg, j->result, j->why);
         job_free(j);
     }
     return SONAR_OK;
+}
+
+/* A caller of sonar_store_write_report_event() waiting for its job. */
+typedef struct written {
+    sonar_store *st;
+    bool done;            /* under st->qmu */
+    sonar_status status;
+    char why[WHY_MAX];
+} written;
+
+static void on_written(void *arg, sonar_status status, const char *why)
+{
+    written *w = arg;
+    pthread_mutex_lock(&w->st->qmu);
+    w->status = status;
+    snprintf(w->why, sizeof w->why, "%s", why ? why : "");
+    w->done = true;
+    pthread_cond_broadcast(&w->st->synced);
+    pthread_mutex_unlock(&w->st->qmu);
+}
+
+sonar_status sonar_store_write_report_event(sonar_store *st, const char *change_id,
+                                            const char *service, const char *verdict,
+                                            int64_t wall_ms, const char *report_json,
+                                            const char *subject, const char *const *headers)
+{
+    written w = {.st = st};
+    sonar_status s = sonar_store_submit_report_event(st, change_id, service, verdict, wall_ms,
+                                                     report_json, subject, headers, on_written,
+                                                     &w);
+    if (s != SONAR_OK)
+        return s;
+    pthread_mutex_lock(&st->qmu);
+    while (!w.done)
+        pthread_cond_wait(&st->synced, &st->qmu);
+    pthread_mutex_unlock(&st->qmu);
+    return w.status == SONAR_OK ? SONAR_OK : sonar__fail(w.status, "%s", w.why);
 }
 
 void sonar_store_sync(sonar_store *st)
