@@ -228,8 +228,12 @@ Test(outbox, nats_server_killed_with_a_full_window_unanswered_loses_and_doubles_
         tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox WHERE subject <> ''", 0) >= 1000 ||
             exited(pid, &status),
         30000);
+    /* And publishes are in flight: sent, unread by the frozen server (the
+     * freeze may land while the relay settles a batch with nothing out). */
+    bool sent = TEST_WAIT_UNTIL(test_natsd_unread_bytes(&natsd) >= 256, 30000);
     kill(natsd.pid, SIGKILL);
     cr_assert(piled, "pending rows did not pile up while nats-server was frozen");
+    cr_assert(sent, "the relay sent nothing to the frozen nats-server");
     long retries = restart_and_finish(pid);
     cr_assert_geq(retries, 1, "no publish was in flight when nats-server died");
     assert_stream_exact(total);

@@ -34,6 +34,11 @@ void test_natsd_stop(test_natsd *d);
 /* Stops and removes the temp dir. */
 void test_natsd_destroy(test_natsd *d);
 
+/* Bytes clients sent that the server has not read yet, summed over its
+ * established connections (from /proc/net/tcp; -1 when unreadable). With
+ * the server stopped (SIGSTOP) these are publishes in flight. */
+long test_natsd_unread_bytes(const test_natsd *d);
+
 /* Creates a fresh temp dir under $TMPDIR (or /tmp); path written to buf. */
 bool test_mkdtemp(char *buf, size_t buflen, const char *tag);
 /* rm -rf of a temp dir made by test_mkdtemp. */
