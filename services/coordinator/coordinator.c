@@ -17,10 +17,16 @@
 #include "sonar/protocol.h"
 #include "sonar/service.h"
 #include "sonar/util.h"
+#include "catchup.h"
 #include "store.h"
 
 /* Header on reports this coordinator publishes, so it does not store them twice. */
 #define HDR_COORDINATOR "Sonar-Coordinator"
+
+/* The replay at start begins this long before the newest stored report:
+ * reports published just before it may have been stored later here, and
+ * the server's clock and ours differ a little. */
+#define SONARD_CATCHUP_BACK_MS 120000
 
 /* Bloom filter of change ids that may have a stored report: 2^20 bits. */
 #define SEEN_WORDS (1u << 14)
@@ -39,6 +45,8 @@ struct sonar_coordinator {
     sonar_outbox *outbox; /* NULL when the server has no JetStream */
     sonard_metrics *metrics;
     natsSubscription *sub_register, *sub_leave, *sub_report, *sub_gather;
+    bool have_stream;        /* SONAR_EVENTS exists (the server has JetStream) */
+    sonar_catchup *catchup;  /* reports missed while down or disconnected; NULL without */
     /* Every change id that was gathered, stored or received since start, and
      * every stored one: an id not in it has no stored report, so its gather
      * starts on the NATS thread without asking SQLite. Bits are never
@@ -188,16 +196,18 @@ out:
     natsMsg_Destroy(msg);
 }
 
-/* Reports of other coordinators: stored too, so a retry that lands here finds them. */
-static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+/* A report of another coordinator, live or replayed from the stream: stored
+ * too (the first stored copy of a change id stays), so history and a retry
+ * that lands here find it, and handed to retries waiting for it. Quick: a
+ * decode and queueing. A garbage message gets an error reply if it has a
+ * reply subject. */
+static void take_report(sonar_coordinator *c, natsMsg *msg, const char *reply,
+                        int64_t stored_wall_ms)
 {
-    (void)sub;
-    sonar_coordinator *c = closure;
     const char *from = NULL;
     if (natsMsgHeader_Get(msg, HDR_COORDINATOR, &from) == NATS_OK && from != NULL &&
         strcmp(from, sonar_service_instance(c->svc)) == 0)
-        goto out;
-    const char *reply = natsMsg_GetReply(msg);
+        return;
     const char *name = subject_name(msg, SONAR_SUBJ_REPORT_PREFIX);
     sonar_report_msg r = {0};
     const char *data = natsMsg_GetData(msg);
@@ -209,7 +219,7 @@ static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         s = sonar__fail(SONAR_ERR_INVALID, "report of %s published on the subject of %s",
                         r.service, name);
     if (s != SONAR_OK) {
-        sonar_reply_error(nc, reply, sonar_reply_code(s), "invalid report: %s",
+        sonar_reply_error(c->nc, reply, sonar_reply_code(s), "invalid report: %s",
                           sonar_last_error());
     } else {
         seen_add(c, r.change_id);
@@ -217,14 +227,27 @@ static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         char *text = strndup(data, (size_t)len);
         if (text == NULL ||
             sonar_store_enqueue_report(c->store, r.change_id, r.service,
-                                       sonar_outcome_str(r.verdict), sonar_wall_ms(),
+                                       sonar_outcome_str(r.verdict), stored_wall_ms,
                                        text) != SONAR_OK)
             sonar_log(SONAR_LOG_WARN, "report of change %s not stored", r.change_id);
         free(text);
     }
     sonar_report_finish(&r);
-out:
+}
+
+static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    take_report(closure, msg, natsMsg_GetReply(msg), sonar_wall_ms());
     natsMsg_Destroy(msg);
+}
+
+/* On the catch-up thread: a report from the stream (see catchup.h). Its
+ * reply subject is the consumer's acknowledgement, not a requester. */
+static void on_replayed_report(void *closure, natsMsg *msg, int64_t stored_wall_ms)
+{
+    take_report(closure, msg, NULL, stored_wall_ms);
 }
 
 /* Gathers announced on sonar.gather.<id>: another coordinator's is noted, so
@@ -428,6 +451,20 @@ static json_t *change_stats(void *closure)
     /* Gathers of other coordinators this one would wait for on a retry. */
     json_object_set_new(data, "remote_gathers",
                         json_integer(c->remote ? (json_int_t)sonar_remote_count(c->remote) : 0));
+    /* This coordinator's own view (each has its registry). */
+    int64_t now = sonar_now_ms();
+    json_object_set_new(data, "services",
+                        json_pack("{s:I, s:I}", "known", (json_int_t)sonar_registry_count(c->reg),
+                                  "live", (json_int_t)sonar_registry_live_count(c->reg, now)));
+    /* Reports of others replayed from the stream after a start or reconnect. */
+    json_t *cu = json_null();
+    if (c->catchup != NULL) {
+        sonar_catchup_stats cs;
+        sonar_catchup_stats_get(c->catchup, &cs);
+        cu = json_pack("{s:I, s:I, s:I}", "runs", (json_int_t)cs.runs, "replayed",
+                       (json_int_t)cs.replayed, "failures", (json_int_t)cs.failures);
+    }
+    json_object_set_new(data, "catchup", cu);
     return data;
 }
 
@@ -448,11 +485,30 @@ static void start_events(sonar_coordinator *c)
                   SONAR_EVENTS_STREAM, sonar_last_error());
         return;
     }
+    c->have_stream = true;
     if (sonar_outbox_create(&c->outbox, c->bus, c->db_path, &oc) != SONAR_OK) {
         sonar_log(SONAR_LOG_WARN, "outbox relay not started (%s): reports on core NATS only",
                   sonar_last_error());
         c->outbox = NULL;
     }
+}
+
+/* Replays the other coordinators' reports this one missed while it was
+ * down: from shortly before the newest report it stored (all within the
+ * retention when it has none), and after every reconnect (catchup.h). */
+static sonar_status start_catchup(sonar_coordinator *c)
+{
+    int64_t newest = 0;
+    sonar_status s = sonar_store_newest_report_ms(c->store, &newest);
+    if (s != SONAR_OK)
+        return s;
+    int64_t oldest_kept = sonar_wall_ms() - c->cfg.retention_ms;
+    int64_t from = newest > 0 ? newest - SONARD_CATCHUP_BACK_MS : oldest_kept;
+    if (from < oldest_kept)
+        from = oldest_kept;
+    return sonar_catchup_start(&c->catchup, c->nc, SONAR_EVENTS_STREAM,
+                               SONAR_SUBJ_REPORT_PREFIX "*", from > 0 ? from : 0,
+                               on_replayed_report, c);
 }
 
 /* A change request from its arrival until its report was stored (starter)
@@ -785,6 +841,10 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = subscribe(c, &c->sub_report, SONAR_SUBJ_REPORT_PREFIX "*", on_report);
     if (s == SONAR_OK)
         s = subscribe(c, &c->sub_gather, "sonar.gather.*", on_gather);
+    /* After the live subscription, on the same connection: the server has
+     * it before the replay's consumer, so no report falls between them. */
+    if (s == SONAR_OK && c->have_stream)
+        s = start_catchup(c);
     if (s == SONAR_OK)
         s = sonar_service_start(c->svc); /* flushes our subscriptions too */
     if (s == SONAR_OK)
@@ -814,6 +874,7 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     drain(c->nc, c->sub_leave);
     drain(c->nc, c->sub_report);
     drain(c->nc, c->sub_gather);
+    sonar_catchup_destroy(c->catchup);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
     sonard_metrics_destroy(c->metrics);
     sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */

@@ -443,6 +443,22 @@ sonar_status sonar_store_count_reports(sonar_store *st, int64_t *out)
     return s;
 }
 
+sonar_status sonar_store_newest_report_ms(sonar_store *st, int64_t *out)
+{
+    sqlite3_stmt *q = NULL;
+    sonar_status s = SONAR_OK;
+    pthread_mutex_lock(&st->mu);
+    if (sqlite3_prepare_v2(st->db, "SELECT COALESCE(MAX(created_ms), 0) FROM reports", -1, &q,
+                           NULL) != SQLITE_OK ||
+        sqlite3_step(q) != SQLITE_ROW)
+        s = db_fail(st, "reading the newest report's time");
+    else
+        *out = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&st->mu);
+    return s;
+}
+
 static const char *col(sqlite3_stmt *q, int i)
 {
     const char *t = (const char *)sqlite3_column_text(q, i);

@@ -114,6 +114,9 @@ sonar_status sonar_store_history(sonar_store *st, const char *service, int limit
 /** \brief Number of stored reports. */
 sonar_status sonar_store_count_reports(sonar_store *st, int64_t *out);
 
+/** \brief When the newest stored report was stored (wall ms; 0: none). */
+sonar_status sonar_store_newest_report_ms(sonar_store *st, int64_t *out);
+
 /** Called once per stored service by sonar_store_load() (borrowed arguments). */
 typedef void (*sonar_store_service_fn)(void *closure, const char *service, const char *version,
                                        const char *depends_on_json, const char *checks_json,

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <sys/resource.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,6 +59,12 @@ static void stop_pid(pid_t pid, int sig)
     if (sig == SIGSTOP)
         return;
     cr_assert(test_proc_wait(p, 30000), "pid %d did not stop on signal %d", (int)pid, sig);
+    /* A graceful stop of sonard (SIGTERM) is clean: under ASan+UBSan, no
+     * leak or error report at exit. */
+    if (sig == SIGTERM)
+        cr_expect(p->err == NULL || (strstr(p->err, "Sanitizer") == NULL &&
+                                     strstr(p->err, "runtime error") == NULL),
+                  "pid %d: %s", (int)pid, p->err);
 }
 
 /* Request/reply; returns the parsed body (new) or NULL on timeout. *out_msg keeps the message. */
@@ -89,23 +96,38 @@ static bool sonard_answers(void)
     return ok;
 }
 
-/* How many sonard instances answer $SRV.PING.sonard within 300 ms. */
-static int sonard_instances(void)
+/* Publishes an empty request on `subject` and hands every reply that comes
+ * within 300 ms of the previous one (parsed, or NULL; borrowed) to `fn`
+ * unless NULL. Returns how many came: one per sonard for $SRV subjects. */
+static int each_reply(const char *subject, void (*fn)(json_t *doc, void *arg), void *arg)
 {
-    char inbox[64];
-    snprintf(inbox, sizeof inbox, "_INBOX.pings.%lld", (long long)test_now_ms());
+    natsInbox *inbox = NULL;
     natsSubscription *sub = NULL;
     int n = 0;
-    if (natsConnection_SubscribeSync(&sub, nc, inbox) == NATS_OK &&
-        natsConnection_PublishRequestString(nc, "$SRV.PING.sonard", inbox, "") == NATS_OK) {
+    if (natsInbox_Create(&inbox) == NATS_OK &&
+        natsConnection_SubscribeSync(&sub, nc, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(nc, subject, inbox, "") == NATS_OK) {
         natsMsg *m = NULL;
         while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
+            if (fn != NULL) {
+                json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+                                         0, NULL);
+                fn(doc, arg);
+                json_decref(doc);
+            }
             natsMsg_Destroy(m);
             n++;
         }
     }
     natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
     return n;
+}
+
+/* How many sonard instances answer $SRV.PING.sonard. */
+static int sonard_instances(void)
+{
+    return each_reply("$SRV.PING.sonard", NULL, NULL);
 }
 
 static pid_t start_sonard(const char *db_name)
@@ -474,6 +496,56 @@ static int total_reports(report_count *rc)
     return n;
 }
 
+typedef struct range {
+    const char *key, *sub; /* the integer at key (then sub in it, unless NULL) */
+    long least, most;
+    int n; /* how many had it */
+} range;
+
+static void range_of_change_data(json_t *doc, void *arg)
+{
+    range *r = arg;
+    size_t i;
+    json_t *ep;
+    json_array_foreach(json_object_get(doc, "endpoints"), i, ep) {
+        json_t *v = json_object_get(json_object_get(ep, "data"), r->key);
+        if (r->sub != NULL)
+            v = json_object_get(v, r->sub);
+        if (json_is_integer(v)) {
+            long x = (long)json_integer_value(v);
+            r->least = x < r->least ? x : r->least;
+            r->most = x > r->most ? x : r->most;
+            r->n++;
+        }
+    }
+}
+
+/* Over every sonard answering $SRV.STATS: the least and the most of an
+ * integer in the change endpoint's data, and how many had it. */
+static range change_data_range(const char *key, const char *sub)
+{
+    range r = {.key = key, .sub = sub, .least = LONG_MAX, .most = -1};
+    each_reply("$SRV.STATS.sonard", range_of_change_data, &r);
+    return r;
+}
+
+/* The most remote gathers any sonard reports in its $SRV.STATS: a
+ * coordinator that noted another's running gather. */
+static long max_remote_gathers(void)
+{
+    return change_data_range("remote_gathers", NULL).most;
+}
+
+/* Whether each of `coordinators` sonards has at least `live` services with
+ * a live instance in its own registry. all_live() asks only one of them
+ * (queue group), and a registration reaches each on its own thread: a
+ * change it takes before that would not expect the newcomer. */
+static bool every_sonard_sees_live(int coordinators, long live)
+{
+    range r = change_data_range("services", "live");
+    return r.n == coordinators && r.least >= live;
+}
+
 Test(coordinator, two_coordinators_give_one_report_per_change)
 {
     start_sonard("second.db");
@@ -482,6 +554,8 @@ Test(coordinator, two_coordinators_give_one_report_per_change)
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     start_service("beta", NULL, NULL, NULL, NULL);
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    cr_assert(TEST_WAIT_UNTIL(every_sonard_sees_live(2, 2), 10000),
+              "a coordinator does not know both services");
     report_count rc = {.ids = json_object()};
     pthread_mutex_init(&rc.mu, NULL);
     natsSubscription *sub;
@@ -521,35 +595,6 @@ Test(coordinator, two_coordinators_give_one_report_per_change)
     json_decref(rc.ids);
 }
 
-/* The most remote gathers any sonard reports in its $SRV.STATS (the change
- * endpoint's data): a coordinator that noted another's running gather. */
-static long max_remote_gathers(void)
-{
-    char inbox[64];
-    snprintf(inbox, sizeof inbox, "_INBOX.stats.%lld", (long long)test_now_ms());
-    natsSubscription *sub = NULL;
-    long most = -1;
-    if (natsConnection_SubscribeSync(&sub, nc, inbox) == NATS_OK &&
-        natsConnection_PublishRequestString(nc, "$SRV.STATS.sonard", inbox, "") == NATS_OK) {
-        natsMsg *m = NULL;
-        while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
-            json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0,
-                                     NULL);
-            size_t i;
-            json_t *ep;
-            json_array_foreach(json_object_get(doc, "endpoints"), i, ep) {
-                json_t *n = json_object_get(json_object_get(ep, "data"), "remote_gathers");
-                if (json_is_integer(n) && json_integer_value(n) > most)
-                    most = (long)json_integer_value(n);
-            }
-            json_decref(doc);
-            natsMsg_Destroy(m);
-        }
-    }
-    natsSubscription_Destroy(sub);
-    return most;
-}
-
 /* A second sonard beside the first, alpha (passes its check on chillybin)
  * and a dependent frozen with SIGSTOP, so a gather of chillybin runs until
  * its deadline. Returns the second sonard's pid; *frozen the frozen one's. */
@@ -561,6 +606,8 @@ static pid_t two_coordinators_and_a_silent_dependent(pid_t *frozen)
     start_service("alpha", "chillybin", "pass", "ok", NULL);
     *frozen = start_service("frozen", NULL, NULL, NULL, NULL);
     cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    cr_assert(TEST_WAIT_UNTIL(every_sonard_sees_live(2, 2), 10000),
+              "a coordinator does not know both services");
     stop_pid(*frozen, SIGSTOP);
     return second;
 }
@@ -618,7 +665,8 @@ Test(coordinator, a_retry_on_the_other_coordinator_during_a_gather_gets_the_same
     }
     json_t *report = json_loadb(natsMsg_GetData(first), (size_t)natsMsg_GetDataLength(first), 0,
                                 NULL);
-    cr_assert_str_eq(str(report, "verdict"), "incomplete", "frozen stayed silent");
+    cr_assert_str_eq(str(report, "verdict"), "incomplete", "frozen stayed silent: %.*s",
+                     natsMsg_GetDataLength(first), natsMsg_GetData(first));
     json_decref(report);
     natsMsg_Destroy(first);
     kill(frozen, SIGCONT);
@@ -675,6 +723,124 @@ Test(coordinator, a_retry_gathers_anew_when_the_coordinator_that_gathered_died)
     kill(frozen, SIGCONT);
     natsSubscription_Destroy(replies);
     natsInbox_Destroy(inbox);
+}
+
+/* Whether the events stream's last report of `service` is that of `cid`. */
+static bool stream_has_report(const char *service, const char *cid)
+{
+    char subject[128];
+    snprintf(subject, sizeof subject, "sonar.report.%s", service);
+    jsCtx *js = NULL;
+    natsMsg *m = NULL;
+    bool has = false;
+    if (natsConnection_JetStream(&js, nc, NULL) == NATS_OK &&
+        js_GetLastMsg(&m, js, "SONAR_EVENTS", subject, NULL, NULL) == NATS_OK) {
+        json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+        has = strcmp(str(doc, "change_id"), cid) == 0;
+        json_decref(doc);
+    }
+    natsMsg_Destroy(m);
+    jsCtx_Destroy(js);
+    return has;
+}
+
+/* A counter of the catch-up in the $SRV.STATS of the sonard that answers
+ * first (-1 when none answers or it has no catch-up). */
+static json_int_t catchup_stat(const char *key)
+{
+    json_t *stats = request("$SRV.STATS.sonard", "", 2000);
+    json_int_t n = -1;
+    size_t i;
+    json_t *ep;
+    json_array_foreach(json_object_get(stats, "endpoints"), i, ep) {
+        json_t *v = json_object_get(json_object_get(json_object_get(ep, "data"), "catchup"), key);
+        if (json_is_integer(v))
+            n = json_integer_value(v);
+    }
+    json_decref(stats);
+    return n;
+}
+
+/* Stops the first sonard, then waits until the one left (the only one
+ * answering now) has the report `expected` of change `cid`. */
+static void only_the_other_has(const char *cid, json_t *expected, const char *why)
+{
+    stop_pid(sonard_pid, SIGTERM);
+    sonard_pid = 0;
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 1, 10000), "the other sonard answers");
+    char body[128];
+    snprintf(body, sizeof body, "{\"change_id\":\"%s\"}", cid);
+    json_t *got = NULL;
+    bool has = TEST_WAIT_UNTIL((json_decref(got), got = request("sonar.api.report", body, 1000),
+                                strcmp(str(got, "type"), "sonar.report.v1") == 0),
+                               10000);
+    cr_assert(has, "%s: %s", why, got ? json_dumps(got, 0) : "no answer");
+    cr_assert(json_equal(got, expected), "the report stored is the one published");
+    json_decref(got);
+}
+
+/* A report published while a coordinator was down reaches it from the
+ * events stream when it starts again: every coordinator's history holds
+ * every report. */
+Test(coordinator, a_coordinator_that_was_down_catches_up_on_the_reports_it_missed)
+{
+    pid_t second = start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is up");
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    /* One report both have: the second's replay starts shortly before it. */
+    json_decref(announce("chillybin", "chg-both", 5000));
+    cr_assert(TEST_WAIT_UNTIL(stream_has_report("chillybin", "chg-both"), 10000));
+    stop_pid(second, SIGTERM);
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 1, 10000), "the second sonard stopped");
+    json_t *missed = announce("chillybin", "chg-missed", 5000);
+    cr_assert_str_eq(str(missed, "type"), "sonar.report.v1");
+    /* In the stream before the second starts: it cannot see it go by live. */
+    cr_assert(TEST_WAIT_UNTIL(stream_has_report("chillybin", "chg-missed"), 10000));
+    start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is back");
+    only_the_other_has("chg-missed", missed, "the restarted coordinator lacks the report it missed");
+    cr_assert_geq(catchup_stat("replayed"), 1);
+    cr_assert_geq(catchup_stat("runs"), 1);
+    json_decref(missed);
+}
+
+/* The server drops a coordinator that stopped answering its pings (here:
+ * frozen); a report published meanwhile goes by it. Once it is back on the
+ * bus it replays what it missed. */
+Test(coordinator, a_coordinator_cut_off_the_bus_catches_up_after_reconnecting)
+{
+    /* A server that drops a client silent for about two seconds. */
+    static char conf[400];
+    static const char *extra[] = {"-c", conf, NULL};
+    snprintf(conf, sizeof conf, "%s/ping.conf", dir);
+    FILE *f = fopen(conf, "w");
+    cr_assert_not_null(f);
+    fputs("ping_interval: \"1s\"\nping_max: 1\n", f);
+    fclose(f);
+    test_natsd_stop(&nd);
+    nd.extra_args = extra;
+    cr_assert(test_natsd_restart(&nd));
+    cr_assert(TEST_WAIT_UNTIL(sonard_answers(), 15000), "the first sonard is back on the bus");
+    pid_t second = start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is up");
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    long clients = test_natsd_clients(&nd);
+    cr_assert_gt(clients, 0);
+    stop_pid(second, SIGSTOP);
+    /* Both of its connections (the bus and its outbox relay's) dropped. */
+    cr_assert(TEST_WAIT_UNTIL(test_natsd_clients(&nd) <= clients - 2, 15000),
+              "the server kept the frozen coordinator's connections");
+    json_t *gap = announce("chillybin", "chg-gap", 5000);
+    cr_assert_str_eq(str(gap, "type"), "sonar.report.v1");
+    cr_assert(TEST_WAIT_UNTIL(stream_has_report("chillybin", "chg-gap"), 10000));
+    test_proc_signal(proc_of(second), SIGCONT);
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 15000), "the second sonard reconnected");
+    only_the_other_has("chg-gap", gap, "the reconnected coordinator lacks the report it missed");
+    json_decref(gap);
 }
 
 Test(coordinator, a_restarted_coordinator_keeps_history_and_rebuilds_the_registry)

@@ -201,30 +201,45 @@ void test_natsd_destroy(test_natsd *d)
     d->dir[0] = '\0';
 }
 
-long test_natsd_unread_bytes(const test_natsd *d)
+/* Sums over the server's established client connections (from
+ * /proc/net/tcp: "sl local rem st tx_queue:rx_queue ..." in hex; the
+ * server's side of a connection has the server's port as its local port,
+ * state 01): their count in *n, their unread bytes in *unread. */
+static bool server_sockets(const test_natsd *d, long *n, long *unread)
 {
-    /* /proc/net/tcp: "sl local rem st tx_queue:rx_queue ..." in hex; the
-     * server's side of a client connection has the server's port as its
-     * local port and state 01 (established). */
     FILE *f = fopen("/proc/net/tcp", "r");
     if (f == NULL)
-        return -1;
+        return false;
     char line[512];
-    long total = 0;
+    *n = *unread = 0;
     if (fgets(line, sizeof line, f) == NULL) { /* the header line */
         fclose(f);
-        return -1;
+        return false;
     }
     while (fgets(line, sizeof line, f) != NULL) {
         unsigned local_port = 0, state = 0;
         unsigned long txq = 0, rxq = 0;
         if (sscanf(line, " %*d: %*x:%x %*x:%*x %x %lx:%lx", &local_port, &state, &txq, &rxq) != 4)
             continue;
-        if ((int)local_port == d->port && state == 0x01)
-            total += (long)rxq;
+        if ((int)local_port == d->port && state == 0x01) {
+            (*n)++;
+            *unread += (long)rxq;
+        }
     }
     fclose(f);
-    return total;
+    return true;
+}
+
+long test_natsd_unread_bytes(const test_natsd *d)
+{
+    long n, unread;
+    return server_sockets(d, &n, &unread) ? unread : -1;
+}
+
+long test_natsd_clients(const test_natsd *d)
+{
+    long n, unread;
+    return server_sockets(d, &n, &unread) ? n : -1;
 }
 
 const char *test_bin(const char *var)

@@ -38,6 +38,8 @@ void test_natsd_destroy(test_natsd *d);
  * established connections (from /proc/net/tcp; -1 when unreadable). With
  * the server stopped (SIGSTOP) these are publishes in flight. */
 long test_natsd_unread_bytes(const test_natsd *d);
+/* Client connections the server holds open (established; -1 when unreadable). */
+long test_natsd_clients(const test_natsd *d);
 
 /* Creates a fresh temp dir under $TMPDIR (or /tmp); path written to buf. */
 bool test_mkdtemp(char *buf, size_t buflen, const char *tag);
