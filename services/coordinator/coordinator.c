@@ -27,6 +27,8 @@
  * reports published just before it may have been stored later here, and
  * the server's clock and ours differ a little. */
 #define SONARD_CATCHUP_BACK_MS 120000
+/* The catch-up waits for the writer after this many replayed reports. */
+#define CATCHUP_SYNC_EVERY 256
 
 /* Bloom filter of change ids that may have a stored report: 2^20 bits. */
 #define SEEN_WORDS (1u << 14)
@@ -47,6 +49,7 @@ struct sonar_coordinator {
     natsSubscription *sub_register, *sub_leave, *sub_report, *sub_gather;
     bool have_stream;        /* SONAR_EVENTS exists (the server has JetStream) */
     sonar_catchup *catchup;  /* reports missed while down or disconnected; NULL without */
+    int replayed_unsynced;   /* catch-up thread only: reports queued since its last sync */
     /* Every change id that was gathered, stored or received since start, and
      * every stored one: an id not in it has no stored report, so its gather
      * starts on the NATS thread without asking SQLite. Bits are never
@@ -247,7 +250,14 @@ static void on_report(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
  * reply subject is the consumer's acknowledgement, not a requester. */
 static void on_replayed_report(void *closure, natsMsg *msg, int64_t stored_wall_ms)
 {
-    take_report(closure, msg, NULL, stored_wall_ms);
+    sonar_coordinator *c = closure;
+    take_report(c, msg, NULL, stored_wall_ms);
+    /* A long replay (a new coordinator takes the whole stream) must not
+     * outrun the writer: its queue is bounded, and registrations share it. */
+    if (++c->replayed_unsynced >= CATCHUP_SYNC_EVERY) {
+        c->replayed_unsynced = 0;
+        sonar_store_sync(c->store);
+    }
 }
 
 /* Gathers announced on sonar.gather.<id>: another coordinator's is noted, so
