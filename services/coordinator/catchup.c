@@ -97,21 +97,27 @@ static sonar_status replay(sonar_catchup *cu, int64_t from_wall_ms, int64_t *han
         return sonar_bus_status(ns, "replay subscription");
     }
     sonar_status s = SONAR_OK;
-    /* Nothing on this subject since then: the consumer says so at once. */
+    /* How many are still to come, as the server last said; -1: unknown.
+     * Nothing on this subject since then: the consumer says so at once. */
+    int64_t pending = -1;
     jsConsumerInfo *ci = NULL;
-    ns = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr);
-    bool done = ns == NATS_OK && ci->NumPending == 0 && ci->Delivered.Consumer == 0;
+    if (natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr) == NATS_OK)
+        pending = (int64_t)ci->NumPending + (int64_t)ci->Delivered.Consumer;
     jsConsumerInfo_Destroy(ci);
+    bool done = pending == 0;
     int64_t last_msg_ms = sonar_now_ms();
     while (!done && !stopping(cu)) {
         natsMsg *msg = NULL;
         ns = natsSubscription_NextMsg(&msg, sub, SLICE_MS);
         if (ns == NATS_TIMEOUT) {
-            if (sonar_now_ms() - last_msg_ms > STALL_MS) {
+            if (sonar_now_ms() - last_msg_ms <= STALL_MS)
+                continue;
+            /* Silence although more were announced: try again later. With
+             * nothing announced (the server could not be asked) and nothing
+             * come, there is nothing to replay. */
+            if (pending > 0)
                 s = sonar__fail(SONAR_ERR_TIMEOUT, "replay of %s stalled", cu->subject);
-                break;
-            }
-            continue;
+            break;
         }
         if (ns != NATS_OK) {
             s = sonar_bus_status(ns, "replay");
@@ -122,7 +128,8 @@ static sonar_status replay(sonar_catchup *cu, int64_t from_wall_ms, int64_t *han
         if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
             cu->fn(cu->closure, msg, meta->Timestamp / 1000000);
             (*handed)++;
-            done = meta->NumPending == 0;
+            pending = (int64_t)meta->NumPending;
+            done = pending == 0;
             jsMsgMetaData_Destroy(meta);
         }
         natsMsg_Destroy(msg);
