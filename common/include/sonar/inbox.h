@@ -151,15 +151,14 @@ typedef struct sonar_inbox_db_status {
 } sonar_inbox_db_status;
 
 /**
- * rief Reads the inbox tables of \p db_path (read-only; the service may be
+ * \brief Reads the inbox tables of \p db_path (read-only; the service may be
  *        running). Safe from any thread.
- * 
-eturn SONAR_OK; SONAR_ERR_NOT_FOUND (no such file); SONAR_ERR_INVALID
+ * \return SONAR_OK; SONAR_ERR_NOT_FOUND (no such file); SONAR_ERR_INVALID
  *         (not an inbox database); SONAR_ERR_DB; SONAR_ERR_NOMEM.
  */
 sonar_status sonar_inbox_db_status_read(sonar_inbox_db_status *out, const char *db_path);
 
-/** rief Frees what sonar_inbox_db_status_read() filled in. */
+/** \brief Frees what sonar_inbox_db_status_read() filled in. */
 void sonar_inbox_db_status_finish(sonar_inbox_db_status *st);
 
 /** A message an inbox gave up on (its handler kept failing). */
@@ -177,22 +176,21 @@ typedef struct sonar_inbox_dead_row {
 } sonar_inbox_dead_row;
 
 /**
- * rief Lists the dead-letter rows of every inbox in \p db_path, oldest
+ * \brief Lists the dead-letter rows of every inbox in \p db_path, oldest
  *        first. Free with sonar_inbox_dead_rows_free(). Errors as
  *        sonar_inbox_db_status_read().
  */
 sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_n,
                                    const char *db_path);
 
-/** rief Frees rows from sonar_inbox_dead_list(). Accepts NULL. */
+/** \brief Frees rows from sonar_inbox_dead_list(). Accepts NULL. */
 void sonar_inbox_dead_rows_free(sonar_inbox_dead_row *rows, size_t n);
 
 /**
- * rief Deletes dead-letter row \p id (after an operator dealt with it:
+ * \brief Deletes dead-letter row \p id (after an operator dealt with it:
  *        the message was terminated in JetStream, so the inbox will not see
  *        it again; to apply it, publish it anew).
- * 
-eturn SONAR_OK; SONAR_ERR_NOT_FOUND (no such row or file);
+ * \return SONAR_OK; SONAR_ERR_NOT_FOUND (no such row or file);
  *         SONAR_ERR_INVALID; SONAR_ERR_DB.
  */
 sonar_status sonar_inbox_drop(const char *db_path, int64_t id);
