@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "db_internal.h"
@@ -104,12 +105,44 @@ static int64_t nak_delay(const sonar_inbox *in, uint64_t deliveries)
     return d > in->cfg.retry_max_ms ? in->cfg.retry_max_ms : d;
 }
 
+/* The headers of msg but its id, as compact JSON {"key":["value",...]}
+ * (new string; "{}" when it has none; NULL when out of memory). */
+static char *headers_json(natsMsg *msg)
+{
+    json_t *o = json_object();
+    const char **keys = NULL;
+    int n = 0;
+    if (msg != NULL && natsMsgHeader_Keys(msg, &keys, &n) == NATS_OK) {
+        for (int i = 0; i < n; i++) {
+            if (strcasecmp(keys[i], "Nats-Msg-Id") == 0)
+                continue; /* kept as msg_id */
+            const char **vals = NULL;
+            int nv = 0;
+            json_t *arr = json_array();
+            if (natsMsgHeader_Values(msg, keys[i], &vals, &nv) == NATS_OK)
+                for (int k = 0; k < nv; k++)
+                    json_array_append_new(arr, json_string(vals[k]));
+            free((void *)vals);
+            json_object_set_new(o, keys[i], arr);
+        }
+        free((void *)keys);
+    }
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return text;
+}
+
 /* Records the message as dead (and its id as handled) in one transaction. */
 static sonar_status record_dead(sonar_inbox *in, const sonar_inbox_msg *m, const char *why)
 {
+    char *headers = headers_json(m->msg);
+    if (headers == NULL)
+        return sonar__fail(SONAR_ERR_NOMEM, "out of memory");
     sonar_status s = sonar__db_exec(in->db, "BEGIN IMMEDIATE");
-    if (s != SONAR_OK)
+    if (s != SONAR_OK) {
+        free(headers);
         return s;
+    }
     sqlite3_stmt *st = in->st_dead;
     sqlite3_reset(st);
     sqlite3_bind_text(st, 1, in->name, -1, SQLITE_STATIC);
@@ -120,8 +153,10 @@ static sonar_status record_dead(sonar_inbox *in, const sonar_inbox_msg *m, const
     sqlite3_bind_int64(st, 6, (sqlite3_int64)m->deliveries);
     sqlite3_bind_text(st, 7, why, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 8, sonar_wall_ms());
+    sqlite3_bind_text(st, 9, headers, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
+    free(headers);
     sqlite3_reset(in->st_record);
     sqlite3_bind_text(in->st_record, 1, in->name, -1, SQLITE_STATIC);
     sqlite3_bind_text(in->st_record, 2, m->id, -1, SQLITE_STATIC);
@@ -338,6 +373,17 @@ static sonar_status inbox_config(sonar_inbox_config *c)
     return SONAR_OK;
 }
 
+/* Whether sonar_inbox_dead has the headers column (added later: a database
+ * made by an older libsonar lacks it until an inbox migrates it). */
+static bool dead_has_headers(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    bool has = sqlite3_prepare_v2(db, "SELECT headers FROM sonar_inbox_dead LIMIT 0", -1, &st,
+                                  NULL) == SQLITE_OK;
+    sqlite3_finalize(st);
+    return has;
+}
+
 sonar_status sonar_inbox_migrate(sqlite3 *db)
 {
     if (db == NULL)
@@ -345,6 +391,11 @@ sonar_status sonar_inbox_migrate(sqlite3 *db)
     sonar_status s = sonar__db_exec(db, "PRAGMA journal_mode=WAL");
     if (s == SONAR_OK)
         s = sonar__db_exec(db, inbox_schema);
+    /* The headers a dead message had (a JSON object of value arrays), so a
+     * requeue publishes it as it was. */
+    if (s == SONAR_OK && !dead_has_headers(db))
+        s = sonar__db_exec(db, "ALTER TABLE sonar_inbox_dead"
+                               " ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'");
     return s;
 }
 
@@ -363,8 +414,8 @@ static sonar_status open_db(sonar_inbox *in, const char *path)
     if (s == SONAR_OK)
         s = sonar__db_prepare(in->db,
                               "INSERT INTO sonar_inbox_dead(name, msg_id, subject, payload,"
-                              " stream_seq, deliveries, error, dead_ms)"
-                              " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                              " stream_seq, deliveries, error, dead_ms, headers)"
+                              " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                               &in->st_dead);
     return s;
 }
@@ -546,19 +597,27 @@ sonar_status sonar_inbox_db_status_read(sonar_inbox_db_status *out, const char *
     return SONAR_OK;
 }
 
+static void dead_row_finish(sonar_inbox_dead_row *r)
+{
+    free(r->name);
+    free(r->msg_id);
+    free(r->subject);
+    free(r->payload);
+    free(r->error);
+    free(r->headers);
+}
+
 void sonar_inbox_dead_rows_free(sonar_inbox_dead_row *rows, size_t n)
 {
     if (rows == NULL)
         return;
-    for (size_t i = 0; i < n; i++) {
-        free(rows[i].name);
-        free(rows[i].msg_id);
-        free(rows[i].subject);
-        free(rows[i].payload);
-        free(rows[i].error);
-    }
+    for (size_t i = 0; i < n; i++)
+        dead_row_finish(&rows[i]);
     free(rows);
 }
+
+/* The columns of a dead row as inbox_dead_row_fill() reads them (then headers). */
+#define DEAD_COLUMNS "id, name, msg_id, subject, payload, stream_seq, deliveries, error, dead_ms"
 
 static bool inbox_dead_row_fill(sqlite3_stmt *st, void *elem)
 {
@@ -572,7 +631,8 @@ static bool inbox_dead_row_fill(sqlite3_stmt *st, void *elem)
     r->deliveries = sqlite3_column_int64(st, 6);
     r->error = sonar__strdup((const char *)sqlite3_column_text(st, 7));
     r->dead_ms = sqlite3_column_int64(st, 8);
-    return r->name && r->msg_id && r->subject && r->payload && r->error;
+    r->headers = sonar__strdup((const char *)sqlite3_column_text(st, 9));
+    return r->name && r->msg_id && r->subject && r->payload && r->error && r->headers;
 }
 
 sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_n,
@@ -585,8 +645,9 @@ sonar_status sonar_inbox_dead_list(sonar_inbox_dead_row **out_rows, size_t *out_
     void *rows = NULL;
     size_t n = 0;
     s = sonar__db_rows(db,
-                       "SELECT id, name, msg_id, subject, payload, stream_seq, deliveries,"
-                       " error, dead_ms FROM sonar_inbox_dead ORDER BY id",
+                       dead_has_headers(db)
+                           ? "SELECT " DEAD_COLUMNS ", headers FROM sonar_inbox_dead ORDER BY id"
+                           : "SELECT " DEAD_COLUMNS ", '{}' FROM sonar_inbox_dead ORDER BY id",
                        sizeof(sonar_inbox_dead_row), inbox_dead_row_fill, &rows, &n);
     sqlite3_close(db);
     if (s != SONAR_OK) {
@@ -615,6 +676,147 @@ sonar_status sonar_inbox_drop(const char *db_path, int64_t id)
                             db_path, id);
     }
     sqlite3_finalize(st);
+    sqlite3_close(db);
+    return s;
+}
+
+/* Reads dead row id (with its headers) from an open database. */
+static sonar_status dead_row_read(sqlite3 *db, const char *db_path, int64_t id,
+                                  sonar_inbox_dead_row *out)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT " DEAD_COLUMNS ", %s FROM sonar_inbox_dead WHERE id=?1",
+             dead_has_headers(db) ? "headers" : "'{}'");
+    sqlite3_stmt *st = NULL;
+    sonar_status s = sonar__db_prepare(db, sql, &st);
+    if (s != SONAR_OK)
+        return s;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st);
+    memset(out, 0, sizeof *out);
+    if (rc == SQLITE_DONE)
+        s = sonar__fail(SONAR_ERR_NOT_FOUND, "%s: no inbox dead-letter row with id %" PRId64,
+                        db_path, id);
+    else if (rc != SQLITE_ROW)
+        s = sonar__db_fail(db, "reading an inbox dead-letter row");
+    else if (!inbox_dead_row_fill(st, out))
+        s = sonar__fail(SONAR_ERR_NOMEM, "out of memory");
+    sqlite3_finalize(st);
+    return s;
+}
+
+/* Runs sql with ?1 = name, ?2 = msg_id of row r. */
+static sonar_status exec_for_row(sqlite3 *db, const char *sql, const sonar_inbox_dead_row *r,
+                                 const char *what)
+{
+    sqlite3_stmt *st = NULL;
+    sonar_status s = sonar__db_prepare(db, sql, &st);
+    if (s == SONAR_OK) {
+        sqlite3_bind_text(st, 1, r->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->msg_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, r->id);
+        sqlite3_bind_int64(st, 4, sonar_wall_ms());
+        if (sqlite3_step(st) != SQLITE_DONE)
+            s = sonar__db_fail(db, what);
+    }
+    sqlite3_finalize(st);
+    return s;
+}
+
+/* The message of dead row r as it was: subject, payload, its headers but
+ * the NATS control ones ("Nats-..."), and its id as Nats-Msg-Id. */
+static sonar_status dead_row_message(natsMsg **out, const sonar_inbox_dead_row *r)
+{
+    natsMsg *m = NULL;
+    natsStatus ns = natsMsg_Create(&m, r->subject, NULL, r->payload, (int)r->payload_len);
+    json_t *h = ns == NATS_OK ? json_loads(r->headers, 0, NULL) : NULL;
+    if (ns == NATS_OK && !json_is_object(h))
+        ns = NATS_INVALID_ARG;
+    const char *key;
+    json_t *vals;
+    if (ns == NATS_OK) {
+        json_object_foreach(h, key, vals) {
+            if (strncasecmp(key, "Nats-", 5) == 0)
+                continue; /* publish expectations and the like: not the message's own */
+            size_t i;
+            json_t *v;
+            json_array_foreach(vals, i, v) {
+                if (ns == NATS_OK && json_is_string(v))
+                    ns = natsMsgHeader_Add(m, key, json_string_value(v));
+            }
+        }
+    }
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(m, "Nats-Msg-Id", r->msg_id);
+    json_decref(h);
+    if (ns != NATS_OK) {
+        natsMsg_Destroy(m);
+        return sonar__fail(ns == NATS_INVALID_ARG ? SONAR_ERR_INVALID : SONAR_ERR_NATS,
+                           "dead-letter row %" PRId64 ": cannot rebuild its message (%s)", r->id,
+                           natsStatus_GetText(ns));
+    }
+    *out = m;
+    return SONAR_OK;
+}
+
+sonar_status sonar_inbox_requeue(natsConnection *nc, const char *db_path, int64_t id,
+                                 char **out_stream, uint64_t *out_seq)
+{
+    if (nc == NULL || db_path == NULL || id <= 0)
+        return sonar__fail(SONAR_ERR_INVALID, "inbox requeue: missing argument");
+    sqlite3 *db = NULL;
+    sonar_status s = open_inbox_db(&db, db_path, false);
+    if (s != SONAR_OK)
+        return s;
+    sonar_inbox_dead_row r;
+    s = dead_row_read(db, db_path, id, &r);
+    natsMsg *m = NULL;
+    if (s == SONAR_OK)
+        s = dead_row_message(&m, &r);
+    /* The inbox recorded the id as handled when it gave up (so that a
+     * redelivery is skipped): forget it first, or the copy would be skipped
+     * too. The dead row stays until the copy is in the stream. */
+    if (s == SONAR_OK)
+        s = exec_for_row(db, "DELETE FROM sonar_inbox WHERE name=?1 AND msg_id=?2", &r,
+                         "forgetting a dead message's id");
+    jsCtx *js = NULL;
+    jsPubAck *ack = NULL;
+    jsErrCode jerr = 0;
+    if (s == SONAR_OK) {
+        natsStatus ns = natsConnection_JetStream(&js, nc, NULL);
+        if (ns == NATS_OK)
+            ns = js_PublishMsg(&ack, js, m, NULL, &jerr);
+        if (ns != NATS_OK)
+            s = sonar__fail(SONAR_ERR_NATS, "publishing dead-letter row %" PRId64 " on %s: %s%s",
+                            id, r.subject, natsStatus_GetText(ns),
+                            ns == NATS_NO_RESPONDERS ? " (no stream for this subject)" : "");
+        else if (ack->Duplicate)
+            s = sonar__fail(SONAR_ERR_STATE,
+                            "stream %s still remembers message id %s from its first publish"
+                            " (the stream's duplicate window): requeue it once that passed",
+                            ack->Stream, r.msg_id);
+        if (s != SONAR_OK) /* the id is handled again, as before */
+            exec_for_row(db, "INSERT OR IGNORE INTO sonar_inbox(name, msg_id, done_ms)"
+                             " VALUES (?1, ?2, ?4)", &r, "restoring a dead message's id");
+    }
+    if (s == SONAR_OK) {
+        s = exec_for_row(db, "DELETE FROM sonar_inbox_dead WHERE id=?3", &r,
+                         "removing a requeued dead row");
+        if (s != SONAR_OK)
+            s = sonar__fail(s, "dead-letter row %" PRId64 " was published again (stream %s,"
+                            " sequence %" PRIu64 ") but is still listed: drop it (%s)",
+                            id, ack->Stream, ack->Sequence, sonar_last_error());
+    }
+    if (s == SONAR_OK) {
+        if (out_stream != NULL)
+            *out_stream = sonar__strdup(ack->Stream);
+        if (out_seq != NULL)
+            *out_seq = ack->Sequence;
+    }
+    jsPubAck_Destroy(ack);
+    jsCtx_Destroy(js);
+    natsMsg_Destroy(m);
+    dead_row_finish(&r);
     sqlite3_close(db);
     return s;
 }

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 
+#include "cli_common.h"
 #include "commands.h"
 #include "sonar/sonar.h"
 
@@ -28,21 +29,27 @@ static const char outbox_usage[] =
     "outbox database, has no such dead row, or a database error occurred.\n";
 
 static const char inbox_usage[] =
-    "usage: sonar inbox status --db PATH [--json]\n"
-    "       sonar inbox dead   --db PATH [--json]\n"
-    "       sonar inbox drop   --db PATH ID\n"
+    "usage: sonar inbox status  --db PATH [--json]\n"
+    "       sonar inbox dead    --db PATH [--json]\n"
+    "       sonar inbox requeue --db PATH ID [--server URL and auth options]\n"
+    "       sonar inbox drop    --db PATH ID\n"
     "\n"
-    "Inspect the inboxes (exactly-once JetStream consumers) in a service's SQLite\n"
-    "database.\n"
+    "Inspect and repair the inboxes (exactly-once JetStream consumers) in a\n"
+    "service's SQLite database.\n"
     "  status   per inbox: message ids kept for de-duplication, the newest\n"
     "           applied, dead-letter rows\n"
     "  dead     messages an inbox gave up on: id, inbox, subject, stream\n"
     "           sequence, deliveries, the handler's last error\n"
-    "  drop     delete dead row ID once dealt with (the message was terminated\n"
-    "           in JetStream: to apply it after all, publish it anew)\n"
+    "  requeue  once the cause is fixed: publish dead row ID's message into\n"
+    "           JetStream again (same subject, payload, headers and message id)\n"
+    "           and remove the row; its inbox applies the copy, inboxes that\n"
+    "           applied the original skip it. Refused while the stream's\n"
+    "           duplicate window (2 min by default) still remembers the id\n"
+    "  drop     delete dead row ID for good\n"
     "\n"
     "Exit status: 0 ok; 2 bad usage; 3 the database is missing, is not an\n"
-    "inbox database, has no such dead row, or a database error occurred.\n";
+    "inbox database, has no such dead row, a database error occurred, or the\n"
+    "publish of a requeue failed or was refused.\n";
 
 /* What `sonar outbox|inbox <action> --db PATH [--json] [ID]` asked for. */
 typedef struct db_args {
@@ -72,6 +79,20 @@ static bool listed(const char *const *names, const char *name)
         if (strcmp(*names, name) == 0)
             return true;
     return false;
+}
+
+/* A dead-letter row ID; returns -1 to go on, else the exit code of a usage error. */
+static int parse_id(const char *cmd, const char *id_text, int64_t *out)
+{
+    if (id_text == NULL)
+        return usage_error(cmd, "missing dead-letter row ID (see: sonar %s dead)", cmd);
+    char *end = NULL;
+    errno = 0;
+    long long id = strtoll(id_text, &end, 10);
+    if (errno != 0 || end == id_text || *end != '\0' || id <= 0)
+        return usage_error(cmd, "ID must be a positive integer, got '%s'", id_text);
+    *out = id;
+    return -1;
 }
 
 /* Parses the arguments; returns -1 to go on, else the exit code (help
@@ -121,15 +142,7 @@ static int parse_db_args(int argc, char **argv, const char *cmd, const char *usa
     *out = (db_args){.action = action, .db = db, .json = as_json};
     if (!takes_id)
         return -1;
-    if (id_text == NULL)
-        return usage_error(cmd, "missing dead-letter row ID (see: sonar %s dead)", cmd);
-    char *end = NULL;
-    errno = 0;
-    long long id = strtoll(id_text, &end, 10);
-    if (errno != 0 || end == id_text || *end != '\0' || id <= 0)
-        return usage_error(cmd, "ID must be a positive integer, got '%s'", id_text);
-    out->id = id;
-    return -1;
+    return parse_id(cmd, id_text, &out->id);
 }
 
 static void fmt_time(int64_t wall_ms, char *buf, size_t len)
@@ -308,13 +321,57 @@ static int inbox_dead(const char *db, bool as_json)
     return 0;
 }
 
+/* sonar inbox requeue: the one action that needs the bus (argv[0] is "requeue"). */
+static int inbox_requeue(int argc, char **argv)
+{
+    const char *db = NULL;
+    const sonar_cli_opt opts[] = {{"db", 0, &db, NULL}, {NULL, 0, NULL, NULL}};
+    sonar_cli_args args;
+    char err[256];
+    if (!sonar_cli_parse(&args, argc, argv, opts, 1, err, sizeof err))
+        return usage_error("inbox", "%s", err);
+    if (args.help) {
+        sonar_cli_usage(stdout, inbox_usage);
+        return 0;
+    }
+    if (db == NULL)
+        return usage_error("inbox", "%s", "--db PATH is required");
+    int64_t id = 0;
+    int rc = parse_id("inbox", args.n_pos ? args.pos[0] : NULL, &id);
+    if (rc >= 0)
+        return rc;
+    /* The file first: a wrong path is said without a bus. */
+    sonar_inbox_db_status st;
+    if (sonar_inbox_db_status_read(&st, db) != SONAR_OK)
+        return runtime_error("inbox");
+    sonar_inbox_db_status_finish(&st);
+    sonar_bus *bus = NULL;
+    if (sonar_cli_connect(&bus, &args) != SONAR_OK) {
+        fprintf(stderr, "sonar inbox: %s\n", sonar_cli_last_error());
+        return 3;
+    }
+    char *stream = NULL;
+    uint64_t seq = 0;
+    sonar_status s = sonar_inbox_requeue(sonar_bus_nats(bus), db, id, &stream, &seq);
+    if (s == SONAR_OK)
+        printf("requeued inbox dead-letter row %" PRId64 ": published again into stream %s"
+               " (sequence %" PRIu64 ")\n", id, stream ? stream : "?", seq);
+    else
+        fprintf(stderr, "sonar inbox: %s\n", sonar_last_error());
+    free(stream);
+    sonar_bus_destroy(bus);
+    return s == SONAR_OK ? 0 : 3;
+}
+
 int sonar_cmd_inbox(int argc, char **argv)
 {
-    static const char *const actions[] = {"status", "dead", "drop", NULL};
+    if (argc >= 2 && strcmp(argv[1], "requeue") == 0)
+        return inbox_requeue(argc - 1, argv + 1);
+    static const char *const actions[] = {"status", "dead", "requeue", "drop", NULL};
     static const char *const with_id[] = {"drop", NULL};
     db_args a;
     int rc = parse_db_args(argc, argv, "inbox", inbox_usage, actions, with_id,
-                           "status, dead or drop", &a);
+                           "status, dead, requeue or drop", &a);
     if (rc >= 0)
         return rc;
     if (strcmp(a.action, "status") == 0)

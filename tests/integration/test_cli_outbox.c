@@ -211,8 +211,21 @@ Test(cli_outbox, inbox_bad_usage_and_files_without_inbox_tables_are_refused)
     char out[4096];
     cr_assert_eq(run(out, sizeof out, "inbox --help"), 0);
     cr_assert(strstr(out, "drop") != NULL);
-    cr_assert_eq(run(out, sizeof out, "inbox requeue --db x 1"), 2, "%s", out);
-    cr_assert(strstr(out, "unknown action 'requeue'") != NULL, "%s", out);
+    cr_assert(strstr(out, "requeue") != NULL);
+    cr_assert_eq(run(out, sizeof out, "inbox requeue --help"), 0);
+    cr_assert(strstr(out, "--server") != NULL, "requeue takes the bus options: %s", out);
+    cr_assert_eq(run(out, sizeof out, "inbox requeue 1"), 2, "%s", out);
+    cr_assert(strstr(out, "--db PATH is required") != NULL, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox requeue --db '%s'", path), 2, "%s", out);
+    cr_assert(strstr(out, "missing dead-letter row ID") != NULL, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox requeue --db '%s' zero", path), 2, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox requeue --db '%s' 1 2", path), 2, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox requeue --db '%s' 1 --bogus", path), 2, "%s", out);
+    /* A file that is not an inbox database is refused before any bus. */
+    cr_assert_eq(runf(out, sizeof out, "inbox requeue --db '%s' 1 --server nats://127.0.0.1:1",
+                      path), 3, "%s", out);
+    cr_assert(strstr(out, "not an inbox database") != NULL, "%s", out);
+    cr_assert_eq(runf(out, sizeof out, "inbox requeue --db '%s/missing.db' 1", dir), 3, "%s", out);
     cr_assert_eq(run(out, sizeof out, "inbox status"), 2);
     cr_assert_eq(runf(out, sizeof out, "inbox drop --db '%s' -3", path), 2, "%s", out);
     cr_assert_eq(runf(out, sizeof out, "inbox drop --db '%s' 1 --json", path), 2, "%s", out);

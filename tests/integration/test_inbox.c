@@ -12,6 +12,7 @@
 
 #include "natsd.h"
 #include "outbox_util.h"
+#include "proc.h"
 #include "sonar/sonar.h"
 
 static test_natsd natsd;
@@ -198,6 +199,149 @@ Test(inbox, failing_handler_is_retried_then_dead_lettered_without_blocking_other
     cr_assert_eq(sonar_inbox_dead_list(&rows, &n, db_path), SONAR_OK);
     cr_assert_eq(n, 0);
     sonar_inbox_dead_rows_free(rows, n);
+}
+
+/* ---- requeueing a dead letter ------------------------------------------- */
+
+typedef struct requeue_case {
+    const char *inbox; /* which inbox this handler belongs to */
+    _Atomic bool broken; /* the cause: poison fails while set */
+} requeue_case;
+
+/* Records (inbox, id, data, X-Kind header) in `got`; poison fails while broken. */
+static sonar_status apply_got(sqlite3 *db, const sonar_inbox_msg *m, void *closure)
+{
+    requeue_case *rc = closure;
+    if (rc->broken && m->len >= 6 && memcmp(m->data, "poison", 6) == 0)
+        return sonar_inbox_error(SONAR_ERR_INVALID, "cannot apply poison yet");
+    const char *kind = NULL;
+    natsMsgHeader_Get(m->msg, "X-Kind", &kind);
+    sqlite3_stmt *st = NULL;
+    sqlite3_prepare_v2(db, "INSERT INTO got(inbox, msg_id, data, kind) VALUES (?1, ?2, ?3, ?4)",
+                       -1, &st, NULL);
+    sqlite3_bind_text(st, 1, rc->inbox, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, m->data, (int)m->len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, kind ? kind : "", -1, SQLITE_STATIC);
+    int rc2 = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc2 == SQLITE_DONE ? SONAR_OK : SONAR_ERR_DB;
+}
+
+static long got(const char *where)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM got WHERE %s", where);
+    return (long)tu_db_int(db_path, sql, -1);
+}
+
+/* Runs `sonar inbox requeue` for row id against the server at url; its
+ * output (stdout and stderr) in out; the exit code. */
+static int cli_requeue(int64_t id, char *out, size_t outlen, const char *url)
+{
+    char id_text[32];
+    snprintf(id_text, sizeof id_text, "%lld", (long long)id);
+    const char *argv[] = {test_bin("SONAR_CLI_BIN"), "inbox", "requeue", "--db", db_path,
+                          id_text, "--server", url, NULL};
+    test_proc p = {0};
+    int rc = test_proc_run(&p, dir, argv, NULL, 30000);
+    snprintf(out, outlen, "%s%s", p.out ? p.out : "", p.err ? p.err : "");
+    test_proc_finish(&p);
+    return rc;
+}
+
+/* Two inboxes on one stream: "a" gives up on two poison messages (one with
+ * an id and a header, one without an id), "b" applies them. Once the cause
+ * is fixed, requeueing (the function, then the CLI) makes "a" apply each
+ * once, with its header, while "b" skips the copies by id; a requeue within
+ * the stream's duplicate window is refused and loses nothing. */
+Test(inbox, a_requeued_dead_letter_is_applied_by_its_inbox_and_skipped_by_the_others)
+{
+    sqlite3 *db = tu_db_open(db_path);
+    sqlite3_exec(db, "CREATE TABLE got(inbox TEXT, msg_id TEXT, data TEXT, kind TEXT)", NULL,
+                 NULL, NULL);
+    sqlite3_close(db);
+    const char *subjects[] = {"rq.>", NULL};
+    sonar_stream_config sc = {.name = "RQ", .subjects = subjects};
+    cr_assert_eq(sonar_stream_ensure(nc, &sc), SONAR_OK, "%s", sonar_last_error());
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, "rq.a", NULL, "poison-1", 8), NATS_OK);
+    natsMsgHeader_Set(m, "Nats-Msg-Id", "r1");
+    natsMsgHeader_Set(m, "X-Kind", "hot");
+    cr_assert_eq(js_PublishMsg(NULL, js, m, NULL, NULL), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(js_Publish(NULL, js, "rq.b", "poison-2", 8, NULL, NULL), NATS_OK); /* no id */
+
+    requeue_case ca = {.inbox = "a", .broken = true}, cb = {.inbox = "b", .broken = false};
+    sonar_inbox_config cfg = base_config();
+    cfg.filter_subject = "rq.>";
+    cfg.stream = "RQ";
+    cfg.max_deliveries = 2;
+    cfg.ack_wait_ms = 30000;
+    sonar_inbox *a = NULL, *b = NULL;
+    cfg.name = "a";
+    cr_assert_eq(sonar_inbox_create(&a, nc, db_path, &cfg, apply_got, &ca), SONAR_OK, "%s",
+                 sonar_last_error());
+    cfg.name = "b";
+    cr_assert_eq(sonar_inbox_create(&b, nc, db_path, &cfg, apply_got, &cb), SONAR_OK, "%s",
+                 sonar_last_error());
+    cr_assert(TEST_WAIT_UNTIL(stats_of(a).dead == 2 && got("inbox='b'") == 2, 20000));
+    cr_assert_eq(got("inbox='a'"), 0);
+
+    sonar_inbox_dead_row *rows = NULL;
+    size_t n = 0;
+    cr_assert_eq(sonar_inbox_dead_list(&rows, &n, db_path), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(rows[0].msg_id, "r1");
+    json_t *h = json_loads(rows[0].headers, 0, NULL);
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(h, "X-Kind"), 0)), "hot",
+                     "%s", rows[0].headers);
+    cr_assert_null(json_object_get(h, "Nats-Msg-Id"), "the id is msg_id, not a header");
+    json_decref(h);
+    cr_assert_str_eq(rows[1].msg_id, "RQ:2", "no Nats-Msg-Id: stream:sequence");
+    int64_t first = rows[0].id, second = rows[1].id;
+    sonar_inbox_dead_rows_free(rows, n);
+
+    /* Within the duplicate window (2 minutes) of r1's publish: refused, kept. */
+    ca.broken = false; /* the cause is fixed */
+    char *stream = NULL;
+    uint64_t seq = 0;
+    cr_assert_eq(sonar_inbox_requeue(nc, db_path, first, &stream, &seq), SONAR_ERR_STATE);
+    cr_assert(strstr(sonar_last_error(), "duplicate window") != NULL, "%s", sonar_last_error());
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(*) FROM sonar_inbox_dead", -1), 2);
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(*) FROM sonar_inbox WHERE name='a'"
+                                    " AND msg_id='r1'", -1), 1, "the id is handled again");
+    char out[2048];
+    cr_assert_eq(cli_requeue(first, out, sizeof out, natsd.url), 3, "%s", out);
+    cr_assert(strstr(out, "duplicate window") != NULL, "%s", out);
+    cr_assert_eq(cli_requeue(first, out, sizeof out, "nats://127.0.0.1:1"), 3, "%s", out);
+    cr_assert(strstr(out, "cannot connect") != NULL, "%s", out);
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(*) FROM sonar_inbox_dead", -1), 2,
+                 "a failed requeue loses nothing");
+
+    /* Once the window is short enough to have passed, it goes through. */
+    sc.duplicate_window_ms = 100;
+    cr_assert_eq(sonar_stream_ensure(nc, &sc), SONAR_OK, "%s", sonar_last_error());
+    sonar_status s = SONAR_ERR_STATE;
+    cr_assert(TEST_WAIT_UNTIL((s = sonar_inbox_requeue(nc, db_path, first, &stream, &seq)) !=
+                                  SONAR_ERR_STATE, 10000), "still refused: %s",
+              sonar_last_error());
+    cr_assert_eq(s, SONAR_OK, "%s", sonar_last_error());
+    cr_assert_str_eq(stream, "RQ");
+    cr_assert_eq(seq, 3);
+    free(stream);
+    cr_assert_eq(cli_requeue(second, out, sizeof out, natsd.url), 0, "%s", out);
+    cr_assert(strstr(out, "stream RQ (sequence 4)") != NULL, "%s", out);
+
+    cr_assert(TEST_WAIT_UNTIL(got("inbox='a'") == 2, 20000), "the requeued copies were not applied");
+    cr_assert_eq(got("inbox='a' AND msg_id='r1' AND data='poison-1' AND kind='hot'"), 1);
+    cr_assert_eq(got("inbox='a' AND msg_id='RQ:2' AND data='poison-2'"), 1);
+    cr_assert(TEST_WAIT_UNTIL(stats_of(b).duplicates == 2, 20000), "b saw the copies");
+    cr_assert_eq(got("inbox='b'"), 2, "b applied nothing twice");
+    cr_assert_eq(tu_db_int(db_path, "SELECT count(*) FROM sonar_inbox_dead", -1), 0);
+    cr_assert_eq(sonar_inbox_requeue(nc, db_path, first, NULL, NULL), SONAR_ERR_NOT_FOUND);
+    sonar_inbox_destroy(a);
+    sonar_inbox_destroy(b);
 }
 
 Test(inbox, recorded_ids_are_pruned_after_retention)

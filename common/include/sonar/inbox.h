@@ -173,6 +173,8 @@ typedef struct sonar_inbox_dead_row {
     int64_t deliveries;
     char *error;       /**< the handler's last error */
     int64_t dead_ms;   /**< wall clock */
+    char *headers;     /**< its headers but Nats-Msg-Id, JSON {"key":["value",...]}
+                            ("{}" for rows recorded before libsonar kept them) */
 } sonar_inbox_dead_row;
 
 /**
@@ -189,11 +191,34 @@ void sonar_inbox_dead_rows_free(sonar_inbox_dead_row *rows, size_t n);
 /**
  * \brief Deletes dead-letter row \p id (after an operator dealt with it:
  *        the message was terminated in JetStream, so the inbox will not see
- *        it again; to apply it, publish it anew).
+ *        it again; to apply it after all, see sonar_inbox_requeue()).
  * \return SONAR_OK; SONAR_ERR_NOT_FOUND (no such row or file);
  *         SONAR_ERR_INVALID; SONAR_ERR_DB.
  */
 sonar_status sonar_inbox_drop(const char *db_path, int64_t id);
+
+/**
+ * \brief Gives dead-letter row \p id another chance, once the cause was
+ *        fixed: publishes its message into JetStream again (same subject,
+ *        payload and headers, its id as `Nats-Msg-Id`; "Nats-" control
+ *        headers are left out) and removes the row once the stream stored
+ *        it. The inbox that gave up on it forgets its id first, so it
+ *        applies the copy; every other inbox on the stream that applied the
+ *        original skips the copy by that id (within its retention).
+ *
+ * A stream drops a second publish of an id within its duplicate window
+ * (2 minutes by default) from the first: such a requeue is refused and can
+ * be made again later. The service may be running.
+ * \param nc connection to the server of the stream (borrowed)
+ * \param out_stream, out_seq where the copy went (new string, free()); may be NULL
+ * \return SONAR_OK; SONAR_ERR_NOT_FOUND (no such row or file);
+ *         SONAR_ERR_INVALID; SONAR_ERR_DB; SONAR_ERR_NATS (the publish
+ *         failed, e.g. no stream for the subject); SONAR_ERR_STATE (the
+ *         stream's duplicate window still holds the id). On any error the
+ *         row stays as it was.
+ */
+sonar_status sonar_inbox_requeue(natsConnection *nc, const char *db_path, int64_t id,
+                                 char **out_stream, uint64_t *out_seq);
 
 #ifdef __cplusplus
 }
