@@ -298,13 +298,17 @@ static int inbox_dead(const char *db, bool as_json)
         for (size_t i = 0; i < n; i++) {
             sonar_inbox_dead_row *r = &rows[i];
             fmt_time(r->dead_ms, dead, sizeof dead);
+            json_t *headers = json_loads(r->headers, 0, NULL);
             json_array_append_new(
-                arr, json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "id",
+                arr, json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:o}", "id",
                                (json_int_t)r->id, "inbox", r->name, "msg_id", r->msg_id,
                                "subject", r->subject, "payload_bytes",
                                (json_int_t)r->payload_len, "stream_seq",
                                (json_int_t)r->stream_seq, "deliveries",
-                               (json_int_t)r->deliveries, "error", r->error, "dead_at", dead));
+                               (json_int_t)r->deliveries, "error", r->error, "dead_at", dead,
+                               "headers", json_is_object(headers) ? headers : json_object()));
+            if (!json_is_object(headers))
+                json_decref(headers);
         }
         print_json(arr);
     } else if (n == 0) {

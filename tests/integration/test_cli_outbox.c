@@ -206,6 +206,50 @@ Test(cli_outbox, inbox_status_and_dead_show_each_inbox_and_drop_removes_a_dead_l
     cr_assert(strstr(out, "no inbox dead-letter rows") != NULL, "%s", out);
 }
 
+/* A database whose dead-letter table predates the headers column (an older
+ * libsonar made it) is listed as is, with no headers, and gains the column
+ * when an inbox migrates it. */
+Test(cli_outbox, an_inbox_database_from_before_dead_letter_headers_is_read_and_migrated)
+{
+    char old_db[400];
+    snprintf(old_db, sizeof old_db, "%s/old-inbox.db", dir);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(old_db, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db,
+                              "CREATE TABLE sonar_inbox (name TEXT NOT NULL, msg_id TEXT NOT NULL,"
+                              " done_ms INTEGER NOT NULL, PRIMARY KEY (name, msg_id))"
+                              " WITHOUT ROWID;"
+                              "CREATE TABLE sonar_inbox_dead (id INTEGER PRIMARY KEY"
+                              " AUTOINCREMENT, name TEXT NOT NULL, msg_id TEXT NOT NULL,"
+                              " subject TEXT NOT NULL, payload BLOB NOT NULL, stream_seq"
+                              " INTEGER NOT NULL, deliveries INTEGER NOT NULL, error TEXT NOT"
+                              " NULL, dead_ms INTEGER NOT NULL);"
+                              "INSERT INTO sonar_inbox_dead(name, msg_id, subject, payload,"
+                              " stream_seq, deliveries, error, dead_ms) VALUES ('old', 'o1',"
+                              " 'ev.o', x'7b7d', 3, 5, 'boom', 1700000003000)",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    char out[4096];
+    cr_assert_eq(runf(out, sizeof out, "inbox dead --db '%s' --json", old_db), 0, "%s", out);
+    json_t *rows = json_loads(out, 0, NULL);
+    cr_assert_eq(json_array_size(rows), 1, "%s", out);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(rows, 0), "msg_id")), "o1");
+    cr_assert_eq(json_object_size(json_object_get(json_array_get(rows, 0), "headers")), 0, "%s",
+                 out);
+    json_decref(rows);
+    cr_assert_eq(sonar_inbox_migrate(db), SONAR_OK, "%s", sonar_last_error());
+    cr_assert_eq(sonar_inbox_migrate(db), SONAR_OK, "migrating twice: %s", sonar_last_error());
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT headers FROM sonar_inbox_dead", -1, &st, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(st, 0), "{}");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    cr_assert_eq(runf(out, sizeof out, "inbox dead --db '%s'", old_db), 0, "%s", out);
+    cr_assert(strstr(out, "boom") != NULL, "%s", out);
+}
+
 Test(cli_outbox, inbox_bad_usage_and_files_without_inbox_tables_are_refused)
 {
     char out[4096];
