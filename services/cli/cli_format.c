@@ -738,7 +738,10 @@ static char *event_detail(sonar_cli_event ev, const char *subject, const json_t 
     case SONAR_CLI_EV_GATHER: {
         json_t *expected = json_object_get(msg, "expected");
         char *names = join_strings(expected, ", ");
-        char *s = fmt("change %s of %s: expecting %zu (%s), timeout %" PRId64 " ms",
+        bool again = json_is_true(json_object_get(msg, "again"));
+        char *s = fmt(again ? "change %s of %s: still gathering, expecting %zu (%s), %" PRId64
+                              " ms left"
+                            : "change %s of %s: expecting %zu (%s), timeout %" PRId64 " ms",
                       jstr_or(msg, "change_id", "?"), jstr_or(msg, "service", "?"),
                       json_array_size(expected), names ? names : "?", jint(msg, "timeout_ms", 0));
         free(names);

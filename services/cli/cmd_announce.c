@@ -92,7 +92,10 @@ static void on_gather(announce *a, const char *data, size_t len)
         return;
     const char *type = json_string_value(json_object_get(g, "type"));
     json_t *expected = json_object_get(g, "expected");
-    if (type && strcmp(type, "sonar.gather.v1") == 0 && json_is_array(expected)) {
+    /* Only the first: a coordinator announces a running gather again when
+     * another one starts ("again": true). */
+    if (a->expected < 0 && type && strcmp(type, "sonar.gather.v1") == 0 &&
+        json_is_array(expected)) {
         a->expected = (int64_t)json_array_size(expected);
         size_t i;
         json_t *name;

@@ -46,7 +46,7 @@ struct sonar_coordinator {
     sonar_service *svc;
     sonar_outbox *outbox; /* NULL when the server has no JetStream */
     sonard_metrics *metrics;
-    natsSubscription *sub_register, *sub_leave, *sub_report, *sub_gather;
+    natsSubscription *sub_register, *sub_leave, *sub_report, *sub_gather, *sub_discover;
     bool have_stream;        /* SONAR_EVENTS exists (the server has JetStream) */
     sonar_catchup *catchup;  /* reports missed while down or disconnected; NULL without */
     int replayed_unsynced;   /* catch-up thread only: reports queued since its last sync */
@@ -258,6 +258,21 @@ static void on_replayed_report(void *closure, natsMsg *msg, int64_t stored_wall_
         c->replayed_unsynced = 0;
         sonar_store_sync(c->store);
     }
+}
+
+/* sonar.discover (a coordinator or collector that just started): our
+ * running gathers are announced again, so a coordinator started while they
+ * run knows them and a retry landing there waits for their reports. Garbage
+ * is answered by the libsonar service, which listens here too. */
+static void on_discover(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    sonar_coordinator *c = closure;
+    if (sonar_discover_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)) ==
+        SONAR_OK)
+        sonar_gatherer_reannounce(c->gatherer);
+    natsMsg_Destroy(msg);
 }
 
 /* Gathers announced on sonar.gather.<id>: another coordinator's is noted, so
@@ -851,14 +866,20 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = subscribe(c, &c->sub_report, SONAR_SUBJ_REPORT_PREFIX "*", on_report);
     if (s == SONAR_OK)
         s = subscribe(c, &c->sub_gather, "sonar.gather.*", on_gather);
+    if (s == SONAR_OK)
+        s = subscribe(c, &c->sub_discover, SONAR_SUBJ_DISCOVER, on_discover);
     /* After the live subscription, on the same connection: the server has
      * it before the replay's consumer, so no report falls between them. */
     if (s == SONAR_OK && c->have_stream)
         s = start_catchup(c);
-    if (s == SONAR_OK)
-        s = sonar_service_start(c->svc); /* flushes our subscriptions too */
+    /* Before taking changes: services re-register and the other
+     * coordinators announce their running gathers again (on_discover), so
+     * a retry of one of those landing here waits for its report. Their
+     * answers arrive within a round trip. */
     if (s == SONAR_OK)
         s = sonar_bus_discover(c->bus);
+    if (s == SONAR_OK)
+        s = sonar_service_start(c->svc); /* flushes our subscriptions too */
     if (s != SONAR_OK) {
         sonar_status keep = s;
         char why[1024];
@@ -884,6 +905,7 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     drain(c->nc, c->sub_leave);
     drain(c->nc, c->sub_report);
     drain(c->nc, c->sub_gather);
+    drain(c->nc, c->sub_discover);
     sonar_catchup_destroy(c->catchup);
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
     sonard_metrics_destroy(c->metrics);

@@ -545,18 +545,68 @@ static sonar_status gather_new(sonar_gather **out, sonar_gatherer *g,
     return SONAR_OK;
 }
 
-/* {"type":"sonar.gather.v1","change_id","service","expected":[...],"timeout_ms"} */
-static char *gather_announcement(const sonar_change_msg *change, const sonar_tally *t)
+/* {"type":"sonar.gather.v1","change_id","service","expected":[...],"timeout_ms"}
+ * plus "again":true when announced again (timeout_ms is then the time left). */
+static char *gather_announcement(const sonar_tally *t, int64_t timeout_ms, bool again)
 {
     json_t *expected = json_array();
     for (size_t i = 0; expected && i < t->exp.n_live; i++)
         json_array_append_new(expected, json_string(t->exp.live[i]));
     json_t *doc = json_pack("{s:s, s:s, s:s, s:o, s:I}", "type", "sonar.gather.v1",
-                            "change_id", change->change_id, "service", change->service,
-                            "expected", expected, "timeout_ms", (json_int_t)change->timeout_ms);
+                            "change_id", t->change_id, "service", t->service,
+                            "expected", expected, "timeout_ms", (json_int_t)timeout_ms);
+    if (doc != NULL && again)
+        json_object_set_new(doc, "again", json_true());
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     return text;
+}
+
+size_t sonar_gatherer_reannounce(sonar_gatherer *g)
+{
+    /* Texts built under the lock (the tallies' change and expected set do
+     * not change once made), published after it. */
+    size_t n = 0, cap = 0;
+    char **subjects = NULL, **texts = NULL;
+    int64_t now = sonar_now_ms();
+    pthread_mutex_lock(&g->mu);
+    for (size_t b = 0; b < BUCKETS; b++) {
+        for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
+            int64_t left = ga->deadline_ms - now;
+            if (atomic_load(&ga->done) || left <= 0)
+                continue;
+            if (n == cap) {
+                size_t ncap = cap ? 2 * cap : 8;
+                char **ns = realloc(subjects, ncap * sizeof *ns);
+                if (ns != NULL)
+                    subjects = ns;
+                char **nt = ns ? realloc(texts, ncap * sizeof *nt) : NULL;
+                if (nt == NULL)
+                    break;
+                texts = nt;
+                cap = ncap;
+            }
+            texts[n] = gather_announcement(ga->tally, left, true);
+            subjects[n] = NULL;
+            if (texts[n] == NULL ||
+                sonar_subject(&subjects[n], "sonar.gather.", ga->change_id, NULL) != SONAR_OK) {
+                free(texts[n]);
+                continue;
+            }
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (natsConnection_PublishString(g->nc, subjects[i], texts[i]) == NATS_OK)
+            sent++;
+        free(subjects[i]);
+        free(texts[i]);
+    }
+    free(subjects);
+    free(texts);
+    return sent;
 }
 
 static sonar_status scatter(sonar_gatherer *g, const sonar_change_msg *change,
@@ -575,7 +625,7 @@ static sonar_status scatter(sonar_gatherer *g, const sonar_change_msg *change,
     /* The check request goes out first; the announcement is built meanwhile. */
     if (s == SONAR_OK && ns == NATS_OK) {
         s = sonar_subject(&gsubject, "sonar.gather.", change->change_id, NULL);
-        if (s == SONAR_OK && (announce = gather_announcement(change, t)) == NULL)
+        if (s == SONAR_OK && (announce = gather_announcement(t, change->timeout_ms, false)) == NULL)
             s = sonar__fail(SONAR_ERR_NOMEM, "gather: out of memory");
         if (s == SONAR_OK)
             ns = natsConnection_PublishString(g->nc, gsubject, announce);

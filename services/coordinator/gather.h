@@ -127,6 +127,17 @@ void sonar_gatherer_cancel_all(sonar_gatherer *g);
 size_t sonar_gatherer_running(sonar_gatherer *g);
 
 /**
+ * \brief Publishes the `sonar.gather.<id>` announcement of every gather
+ *        still collecting again, with `timeout_ms` the time it has left and
+ *        `"again": true`: a coordinator that started after a gather began
+ *        did not hear its announcement, and would otherwise gather a retry
+ *        of that change a second time. Quick (memory and publishes): fine on
+ *        a NATS thread.
+ * \return how many were published.
+ */
+size_t sonar_gatherer_reannounce(sonar_gatherer *g);
+
+/**
  * \brief Starts the gather of \p change (borrowed; change_id and
  *        timeout_ms set), or joins the one running with that change id.
  * \param out the gather (a reference: hand it back with

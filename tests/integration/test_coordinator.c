@@ -680,6 +680,81 @@ Test(coordinator, a_retry_on_the_other_coordinator_during_a_gather_gets_the_same
     json_decref(rc.ids);
 }
 
+/* A coordinator started while another gathers did not hear that gather's
+ * announcement; the running one announces it again when the newcomer
+ * publishes sonar.discover at start. A retry landing on the newcomer then
+ * gets the same report, and the change gets one report. */
+Test(coordinator, a_coordinator_started_during_a_gather_learns_of_it_and_reports_nothing_twice)
+{
+    const char *names[] = {"alpha", "frozen"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    pid_t frozen = start_service("frozen", NULL, NULL, NULL, NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 2), 10000));
+    stop_pid(frozen, SIGSTOP);
+    report_count rc = {.ids = json_object()};
+    pthread_mutex_init(&rc.mu, NULL);
+    natsSubscription *reports = NULL, *gathers = NULL, *replies = NULL;
+    cr_assert_eq(natsConnection_Subscribe(&reports, nc, "sonar.report.chillybin", on_report, &rc),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&gathers, nc, "sonar.gather.chg-late"), NATS_OK);
+    natsInbox *inbox = NULL;
+    natsInbox_Create(&inbox);
+    cr_assert_eq(natsConnection_SubscribeSync(&replies, nc, inbox), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    const char *body = "{\"type\":\"sonar.change.v1\",\"change_id\":\"chg-late\",\"service\":"
+                       "\"chillybin\",\"version\":\"2\",\"address\":\"http://h:1\","
+                       "\"timeout_ms\":5000}";
+    /* Only the first sonard runs: it gathers (frozen stays silent). */
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox, body),
+                 NATS_OK);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&m, gathers, 10000), NATS_OK, "no gather began");
+    natsMsg_Destroy(m);
+    start_sonard("second.db");
+    cr_assert(TEST_WAIT_UNTIL(sonard_instances() == 2, 10000), "the second sonard is up");
+    /* Announced again, with the time it has left. */
+    cr_assert_eq(natsSubscription_NextMsg(&m, gathers, 10000), NATS_OK, "not announced again");
+    json_t *again = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    cr_assert(json_is_true(json_object_get(again, "again")), "%.*s", natsMsg_GetDataLength(m),
+              natsMsg_GetData(m));
+    json_int_t left = json_integer_value(json_object_get(again, "timeout_ms"));
+    cr_assert(left > 0 && left < 5000, "time left %lld", (long long)left);
+    json_decref(again);
+    natsMsg_Destroy(m);
+    cr_assert(TEST_WAIT_UNTIL(max_remote_gathers() >= 1, 10000),
+              "the newcomer did not note the running gather");
+    enum { RETRIES = 12 };
+    for (int i = 0; i < RETRIES; i++)
+        cr_assert_eq(natsConnection_PublishRequestString(nc, "sonar.change.chillybin", inbox,
+                                                         body), NATS_OK);
+    natsMsg *first = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&first, replies, 15000), NATS_OK);
+    for (int i = 0; i < RETRIES; i++) {
+        cr_assert_eq(natsSubscription_NextMsg(&m, replies, 15000), NATS_OK, "reply %d", i);
+        cr_assert(natsMsg_GetDataLength(m) == natsMsg_GetDataLength(first) &&
+                      memcmp(natsMsg_GetData(m), natsMsg_GetData(first),
+                             (size_t)natsMsg_GetDataLength(m)) == 0,
+                  "a retry got another report: %.*s", natsMsg_GetDataLength(m), natsMsg_GetData(m));
+        natsMsg_Destroy(m);
+    }
+    json_t *report = json_loadb(natsMsg_GetData(first), (size_t)natsMsg_GetDataLength(first), 0,
+                                NULL);
+    cr_assert_str_eq(str(report, "verdict"), "incomplete", "%.*s", natsMsg_GetDataLength(first),
+                     natsMsg_GetData(first));
+    json_decref(report);
+    natsMsg_Destroy(first);
+    kill(frozen, SIGCONT);
+    cr_assert(TEST_WAIT_UNTIL(total_reports(&rc) >= 1, 5000));
+    /* A second gather (begun by the newcomer) would report within 5 s. */
+    cr_assert_not(TEST_WAIT_UNTIL(total_reports(&rc) > 1, 6000), "the change got two reports");
+    natsSubscription_Destroy(gathers);
+    natsSubscription_Destroy(replies);
+    natsInbox_Destroy(inbox);
+    natsSubscription_Unsubscribe(reports);
+    natsSubscription_Destroy(reports);
+    json_decref(rc.ids);
+}
+
 /* The coordinator that gathers dies: a retry on the other one waits until
  * that gather's deadline (plus grace) and then gathers itself. */
 Test(coordinator, a_retry_gathers_anew_when_the_coordinator_that_gathered_died)

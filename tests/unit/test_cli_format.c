@@ -504,6 +504,13 @@ Test(cli_format, gather_and_report_lines_carry_the_counts, .fini = cap_close)
     const char *out = cap_text();
     cr_assert(strstr(out, "gather   change c1 of chillybin: expecting 2 (orders, menu), "
                           "timeout 5000 ms\n") != NULL, "%s", out);
+    /* Announced again (another coordinator started): the time left. */
+    json_object_set_new(g, "again", json_true());
+    json_object_set_new(g, "timeout_ms", json_integer(1200));
+    sonar_cli_print_event(cap, SONAR_CLI_EV_GATHER, "sonar.gather.c1", g, 0, false);
+    out = cap_text();
+    cr_assert(strstr(out, "gather   change c1 of chillybin: still gathering, expecting 2 (orders, "
+                          "menu), 1200 ms left\n") != NULL, "%s", out);
     cr_assert(strstr(out, "report   change c1 of chillybin 2.0.0: fail (expected 4: 1 pass, "
                           "1 fail, 1 none, 1 incomplete) in 123 ms [replayed]\n") != NULL,
               "%s", out);
