@@ -30,6 +30,14 @@
 /* The catch-up waits for the writer after this many replayed reports. */
 #define CATCHUP_SYNC_EVERY 256
 
+/* Claims of change ids: a stream of their own, in memory, kept longer than
+ * any gather and its retries. */
+#define CLAIMS_STREAM "SONAR_CLAIMS"
+#define CLAIM_PREFIX "sonar.claim."
+#define CLAIMS_MAX_AGE_MS (60LL * 60 * 1000)
+/* A coordinator heard from (registration, gather) counts as present this long. */
+#define PEER_PRESENT_MS 15000
+
 /* Bloom filter of change ids that may have a stored report: 2^20 bits. */
 #define SEEN_WORDS (1u << 14)
 
@@ -50,6 +58,12 @@ struct sonar_coordinator {
     bool have_stream;        /* SONAR_EVENTS exists (the server has JetStream) */
     sonar_catchup *catchup;  /* reports missed while down or disconnected; NULL without */
     int replayed_unsynced;   /* catch-up thread only: reports queued since its last sync */
+    /* Claims (gather.h, sonar_gatherer_set_claimer()): asynchronous JetStream
+     * publishes on sonar.claim.<id> into SONAR_CLAIMS that only the first
+     * coordinator can make; only while another coordinator is known. */
+    jsCtx *claims;                /* NULL without JetStream */
+    _Atomic int64_t peer_until_ms; /* another coordinator was heard from; monotonic */
+    atomic_llong claims_made, claims_lost, reports_adopted;
     /* Every change id that was gathered, stored or received since start, and
      * every stored one: an id not in it has no stored report, so its gather
      * starts on the NATS thread without asking SQLite. Bits are never
@@ -115,6 +129,94 @@ static void restore_instance(void *closure, const char *service, const char *ins
                                     wall_ms, sonar_now_ms(), sonar_wall_ms());
 }
 
+/* ---- other coordinators ------------------------------------------------- */
+
+/* Another coordinator is around for at least `for_ms` more. */
+static void peer_heard(sonar_coordinator *c, int64_t for_ms)
+{
+    int64_t until = sonar_now_ms() + (for_ms > PEER_PRESENT_MS ? for_ms : PEER_PRESENT_MS);
+    int64_t was = atomic_load(&c->peer_until_ms);
+    while (was < until && !atomic_compare_exchange_weak(&c->peer_until_ms, &was, until)) {
+    }
+}
+
+/* sonar_gather_claim_fn: claims change_id when another coordinator is
+ * around (alone, every gather is ours: no claim, no cost). The publish
+ * expects no message on sonar.claim.<id> yet, so only the first succeeds. */
+static bool claim_change(void *closure, const char *change_id)
+{
+    sonar_coordinator *c = closure;
+    if (c->claims == NULL || sonar_now_ms() >= atomic_load(&c->peer_until_ms))
+        return false;
+    /* Gathered anew because the coordinator that gathered it is presumed
+     * gone: its claim stands, and would only make this gather wait again. */
+    if (sonar_remote_gone(c->remote, change_id))
+        return false;
+    char subject[sizeof CLAIM_PREFIX + SONAR_NAME_MAX];
+    snprintf(subject, sizeof subject, CLAIM_PREFIX "%s", change_id);
+    const char *me = sonar_service_instance(c->svc);
+    natsMsg *m = NULL;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.ExpectNoMessage = true;
+    natsStatus ns = natsMsg_Create(&m, subject, NULL, me, (int)strlen(me));
+    if (ns == NATS_OK)
+        ns = js_PublishMsgAsync(c->claims, &m, &po); /* takes m on success */
+    natsMsg_Destroy(m);
+    if (ns != NATS_OK) {
+        sonar_log(SONAR_LOG_DEBUG, "change %s: claim not sent (%s): gathered as ours",
+                  change_id, natsStatus_GetText(ns));
+        return false;
+    }
+    atomic_fetch_add(&c->claims_made, 1);
+    return true;
+}
+
+/* The answer to a claim (nats.c's acknowledgement thread): stored means
+ * won; "wrong last sequence" means another coordinator claimed first; any
+ * other failure counts as won (better a second report than none). */
+static void on_claim_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    (void)pa;
+    sonar_coordinator *c = closure;
+    const char *subject = natsMsg_GetSubject(msg);
+    if (subject == NULL || strncmp(subject, CLAIM_PREFIX, strlen(CLAIM_PREFIX)) != 0) {
+        natsMsg_Destroy(msg); /* ours to destroy, in every case */
+        return;
+    }
+    const char *change_id = subject + strlen(CLAIM_PREFIX);
+    bool lost = pae != NULL && pae->ErrCode == JSStreamWrongLastSequenceErr;
+    if (pae != NULL && !lost)
+        sonar_log(SONAR_LOG_WARN, "change %s: claim failed (%s): gathered as ours", change_id,
+                  pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+    if (lost)
+        atomic_fetch_add(&c->claims_lost, 1);
+    sonar_gatherer_claimed(c->gatherer, change_id, !lost);
+    natsMsg_Destroy(msg);
+}
+
+/* Opens the claims (their stream and an asynchronous JetStream context);
+ * without them every gather is this coordinator's. */
+static void start_claims(sonar_coordinator *c)
+{
+    const char *subjects[] = {CLAIM_PREFIX "*", NULL};
+    sonar_stream_config sc = {.name = CLAIMS_STREAM, .subjects = subjects, .memory = true,
+                              .max_age_ms = CLAIMS_MAX_AGE_MS};
+    if (sonar_stream_ensure(c->nc, &sc) != SONAR_OK) {
+        sonar_log(SONAR_LOG_WARN, "no %s stream (%s): with several coordinators, two "
+                  "announcements of one change at the same moment can give two reports",
+                  CLAIMS_STREAM, sonar_last_error());
+        return;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.AckHandler = on_claim_ack;
+    jo.PublishAsync.AckHandlerClosure = c;
+    if (natsConnection_JetStream(&c->claims, c->nc, &jo) != NATS_OK)
+        c->claims = NULL;
+}
+
 /* ---- plain subscriptions (NATS threads: decode and memory only) -------- */
 
 /* The token after `prefix` in the subject, if it is one valid name. */
@@ -151,8 +253,11 @@ static void on_register(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     int64_t wall = sonar_wall_ms();
     bool fresh = false;
     s = sonar_registry_register(c->reg, &r, sonar_now_ms(), wall, &fresh);
-    if (s == SONAR_ERR_STATE)
-        goto out; /* our own registration */
+    if (s == SONAR_ERR_STATE) { /* a coordinator's registration: ours, or a peer's */
+        if (strcmp(r.instance, sonar_service_instance(c->svc)) != 0)
+            peer_heard(c, 3 * r.heartbeat_ms);
+        goto out;
+    }
     if (s == SONAR_OK)
         s = sonar_registry_info_json(&r, &deps, &checks);
     if (s == SONAR_OK)
@@ -226,6 +331,7 @@ static void take_report(sonar_coordinator *c, natsMsg *msg, const char *reply,
                           sonar_last_error());
     } else {
         seen_add(c, r.change_id);
+        peer_heard(c, PEER_PRESENT_MS);
         sonar_remote_report(c->remote, r.change_id, data, (size_t)len);
         char *text = strndup(data, (size_t)len);
         if (text == NULL ||
@@ -234,6 +340,10 @@ static void take_report(sonar_coordinator *c, natsMsg *msg, const char *reply,
                                        text) != SONAR_OK)
             sonar_log(SONAR_LOG_WARN, "report of change %s not stored", r.change_id);
         free(text);
+        /* Queued to the store first: a gather here that adopts it leaves the
+         * table only once it is stored (change_ended()). */
+        if (sonar_gatherer_adopt(c->gatherer, r.change_id, data, (size_t)len, r.verdict))
+            atomic_fetch_add(&c->reports_adopted, 1);
     }
     sonar_report_finish(&r);
 }
@@ -300,6 +410,7 @@ static void on_gather(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         if (sonar_gatherer_join(c->gatherer, cid, &mine) == SONAR_OK) {
             sonar_gatherer_release(c->gatherer, mine);
         } else {
+            peer_heard(c, PEER_PRESENT_MS);
             seen_add(c, cid); /* a retry goes to a worker, which waits on it */
             sonar_remote_begun(c->remote, cid, sonar_now_ms() + json_integer_value(timeout));
         }
@@ -466,7 +577,7 @@ static void change_stored(void *arg, sonar_status status, const char *why);
  * directly on core NATS. Stored on the store's writer thread, at its lower
  * priority (the reply went out already); change_stored() runs there when
  * done. Quick: runs where the gather ended. */
-static sonar_status store_and_publish(change_job *cj, const char *report);
+static sonar_status store_and_publish(change_job *cj, const char *report, bool publish);
 
 static json_t *change_stats(void *closure)
 {
@@ -490,6 +601,13 @@ static json_t *change_stats(void *closure)
                        (json_int_t)cs.replayed, "failures", (json_int_t)cs.failures);
     }
     json_object_set_new(data, "catchup", cu);
+    /* Claims (several coordinators): made, lost to another, reports adopted. */
+    json_object_set_new(data, "claims",
+                        json_pack("{s:b, s:I, s:I, s:I}", "peers",
+                                  sonar_now_ms() < atomic_load(&c->peer_until_ms), "made",
+                                  (json_int_t)atomic_load(&c->claims_made), "lost",
+                                  (json_int_t)atomic_load(&c->claims_lost), "adopted",
+                                  (json_int_t)atomic_load(&c->reports_adopted)));
     return data;
 }
 
@@ -574,16 +692,16 @@ static void change_stored(void *arg, sonar_status status, const char *why)
     change_job_free(cj);
 }
 
-static sonar_status store_and_publish(change_job *cj, const char *report)
+static sonar_status store_and_publish(change_job *cj, const char *report, bool publish)
 {
     sonar_coordinator *c = cj->c;
     const sonar_change_msg *ch = &cj->ch;
     const char *headers[] = {HDR_COORDINATOR, sonar_service_instance(c->svc), NULL};
     char *subject = NULL; /* NULL: the report row only, no outbox row */
     sonar_status s = SONAR_OK;
-    if (c->outbox == NULL)
+    if (publish && c->outbox == NULL)
         publish_report(c, ch->service, report);
-    else
+    else if (publish)
         s = sonar_subject(&subject, SONAR_SUBJ_REPORT_PREFIX, ch->service, NULL);
     if (s == SONAR_OK)
         s = sonar_store_submit_report_event(c->store, ch->change_id, ch->service,
@@ -612,8 +730,11 @@ static void change_ended(void *arg, sonar_gather *ga, sonar_status status, const
     if (status == SONAR_OK) {
         sonard_metrics_report(c->metrics, verdict, sonar_now_ms() - cj->started_ms);
         cj->verdict = verdict;
-        /* The gather stays in the table until stored: a retry meanwhile joins it. */
-        if (store_and_publish(cj, report) == SONAR_OK)
+        /* The gather stays in the table until stored: a retry meanwhile joins
+         * it. Another coordinator's report it adopted is theirs to publish
+         * (and queued to our store already): stored only, so that the gather
+         * leaves the table after it. */
+        if (store_and_publish(cj, report, !sonar_gather_adopted(ga)) == SONAR_OK)
             return; /* change_stored() follows */
         sonar_log(SONAR_LOG_ERROR, "change %s: storing the report: %s", ch->change_id,
                   sonar_last_error());
@@ -856,6 +977,11 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
         s = sonard_metrics_listen(c->metrics, cfg->metrics_listen);
     if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
+    if (s == SONAR_OK && c->have_stream) {
+        start_claims(c);
+        if (c->claims != NULL)
+            sonar_gatherer_set_claimer(c->gatherer, claim_change, c);
+    }
     if (s == SONAR_OK)
         s = sonar_remote_create(&c->remote);
     if (s == SONAR_OK)
@@ -911,6 +1037,7 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     sonard_metrics_destroy(c->metrics);
     sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
     sonar_gatherer_destroy(c->gatherer);
+    jsCtx_Destroy(c->claims); /* after the gatherer: late answers found no gather */
     sonar_remote_destroy(c->remote);
     sonar_store_close(c->store);
     sonar_registry_destroy(c->reg);

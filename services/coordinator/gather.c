@@ -251,6 +251,10 @@ typedef struct waiter {
     void *arg;
 } waiter;
 
+/* With several coordinators, which of two gathers of one change id reports
+ * (see sonar_gatherer_set_claimer()). */
+enum { CLAIM_NONE, CLAIM_PENDING, CLAIM_WON, CLAIM_LOST };
+
 struct sonar_gather {
     sonar_gather *next;       /* bucket chain, under g->mu */
     waiter *waiters;          /* requests to answer with the report, under mu */
@@ -258,7 +262,13 @@ struct sonar_gather {
     char change_id[SONAR_NAME_MAX + 1];
     pthread_mutex_t mu;
     sonar_tally *tally;
-    int64_t deadline_ms;
+    _Atomic int64_t deadline_ms; /* moved (earlier or by the grace) under g->mu */
+    atomic_int claim;         /* CLAIM_*; written under mu once the scatter went out */
+    bool held;                /* every answer is in, the end waits for the claim; under mu */
+    bool grace_given;         /* a lost claim's deadline was moved once; under g->mu */
+    bool adopted;             /* ended with another coordinator's report */
+    char *adopt_json;         /* that report until end_locked() takes it; under mu */
+    sonar_outcome adopt_verdict;
     atomic_bool done;         /* report built (written under mu; read anywhere) */
     bool cancelled;
     char *report_json;
@@ -290,6 +300,8 @@ struct sonar_gatherer {
     bool deadline_running, stopping;
     pthread_cond_t deadline_cond; /* CLOCK_MONOTONIC; under mu */
     int64_t next_deadline_ms;
+    sonar_gather_claim_fn claim_fn; /* NULL: no claims (set before any gather) */
+    void *claim_closure;
 };
 
 static unsigned hash(const char *s)
@@ -322,6 +334,7 @@ static void gather_unref(sonar_gather *ga)
     free(ga->spent);
     sonar_tally_destroy(ga->tally);
     free(ga->report_json);
+    free(ga->adopt_json);
     pthread_mutex_destroy(&ga->mu);
     free(ga);
 }
@@ -353,6 +366,7 @@ static bool split_result_subject(const char *subject, char *buf, size_t buflen,
 }
 
 static waiter *end_locked(sonar_gather *ga);
+static waiter *end_or_hold_locked(sonar_gatherer *g, sonar_gather *ga);
 static void run_enders(sonar_gather *ga, waiter *list);
 static bool end_running(sonar_gatherer *g, bool cancel);
 static void *deadline_main(void *arg);
@@ -411,9 +425,10 @@ static void on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         pthread_mutex_lock(&ga->mu);
         if (!ga->done) {
             s = sonar_tally_add(ga->tally, &res, known);
-            /* The last expected answer: report and reply from here at once. */
+            /* The last expected answer: report and reply from here at once
+             * (unless the claim is still open or was lost). */
             if (s == SONAR_OK && sonar_tally_complete(ga->tally))
-                enders = end_locked(ga);
+                enders = end_or_hold_locked(g, ga);
         }
         pthread_mutex_unlock(&ga->mu);
         run_enders(ga, enders);
@@ -529,8 +544,9 @@ static sonar_status gather_new(sonar_gather **out, sonar_gatherer *g,
     snprintf(ga->change_id, sizeof ga->change_id, "%s", change->change_id);
     pthread_mutex_init(&ga->mu, NULL);
     atomic_init(&ga->done, false);
+    atomic_init(&ga->claim, CLAIM_NONE);
     int64_t now = sonar_now_ms();
-    ga->deadline_ms = now + change->timeout_ms;
+    atomic_init(&ga->deadline_ms, now + change->timeout_ms);
     sonar_expected exp = {0};
     sonar_status s = sonar_registry_expected(g->reg, change->service, now, &exp);
     if (s == SONAR_OK)
@@ -572,7 +588,7 @@ size_t sonar_gatherer_reannounce(sonar_gatherer *g)
     pthread_mutex_lock(&g->mu);
     for (size_t b = 0; b < BUCKETS; b++) {
         for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
-            int64_t left = ga->deadline_ms - now;
+            int64_t left = atomic_load(&ga->deadline_ms) - now;
             if (atomic_load(&ga->done) || left <= 0)
                 continue;
             if (n == cap) {
@@ -677,14 +693,21 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
         ga->next = g->table[b];
         g->table[b] = ga;
         g->running++;
-        if (ga->deadline_ms < g->next_deadline_ms) {
-            g->next_deadline_ms = ga->deadline_ms;
+        if (atomic_load(&ga->deadline_ms) < g->next_deadline_ms) {
+            g->next_deadline_ms = atomic_load(&ga->deadline_ms);
             pthread_cond_signal(&g->deadline_cond);
         }
     }
     pthread_mutex_unlock(&g->mu);
     if (s != SONAR_OK)
         return s;
+    /* Claimed before the scatter (so no answer can find the claim unset);
+     * open before the claim is sent (its answer may come at once). */
+    if (g->claim_fn != NULL) {
+        atomic_store(&ga->claim, CLAIM_PENDING);
+        if (!g->claim_fn(g->claim_closure, ga->change_id))
+            atomic_store(&ga->claim, CLAIM_NONE); /* not claimed, so no answer comes: ours */
+    }
     /* The result subscription exists since create: no answer can be missed. */
     s = scatter(g, change, ga->tally);
     if (s != SONAR_OK) {
@@ -694,7 +717,7 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
     /* Nobody to wait for: the report is ready at once (nothing is attached
      * yet, so there is nobody to answer or call either). */
     pthread_mutex_lock(&ga->mu);
-    waiter *enders = sonar_tally_complete(ga->tally) ? end_locked(ga) : NULL;
+    waiter *enders = sonar_tally_complete(ga->tally) ? end_or_hold_locked(g, ga) : NULL;
     pthread_mutex_unlock(&ga->mu);
     run_enders(ga, enders);
     *out = ga;
@@ -722,26 +745,113 @@ static waiter *end_locked(sonar_gather *ga)
 {
     if (ga->done)
         return NULL;
-    sonar_report_msg r = {0};
-    const char *why = ga->cancelled && !sonar_tally_complete(ga->tally) &&
-                              sonar_now_ms() < ga->deadline_ms
-                          ? SONARD_REASON_SHUTDOWN
-                          : NULL;
-    sonar_status s = sonar_tally_report(ga->tally, sonar_now_ms(), why, &r);
-    if (s == SONAR_OK)
-        s = sonar_report_encode(&r, &ga->report_json);
-    ga->verdict = r.verdict;
-    ga->report_status = s;
-    if (s != SONAR_OK)
-        sonar_log(SONAR_LOG_ERROR, "gather %s: building the report: %s", ga->change_id,
-                  sonar_last_error());
-    sonar_report_finish(&r);
+    if (ga->adopt_json != NULL) {
+        /* Another coordinator reported this change: its report is the one. */
+        ga->report_json = ga->adopt_json;
+        ga->adopt_json = NULL;
+        ga->verdict = ga->adopt_verdict;
+        ga->report_status = SONAR_OK;
+        ga->adopted = true;
+    } else {
+        sonar_report_msg r = {0};
+        const char *why = ga->cancelled && !sonar_tally_complete(ga->tally) &&
+                                  sonar_now_ms() < atomic_load(&ga->deadline_ms)
+                              ? SONARD_REASON_SHUTDOWN
+                              : NULL;
+        sonar_status s = sonar_tally_report(ga->tally, sonar_now_ms(), why, &r);
+        if (s == SONAR_OK)
+            s = sonar_report_encode(&r, &ga->report_json);
+        ga->verdict = r.verdict;
+        ga->report_status = s;
+        if (s != SONAR_OK)
+            sonar_log(SONAR_LOG_ERROR, "gather %s: building the report: %s", ga->change_id,
+                      sonar_last_error());
+        sonar_report_finish(&r);
+    }
     atomic_store(&ga->done, true);
     for (waiter *w = ga->waiters; w != NULL; w = w->next)
         reply_report(ga, w->req);
     waiter *list = ga->waiters;
     ga->waiters = NULL;
     return list;
+}
+
+/* Brings g's deadline thread forward to ga's (moved) deadline. */
+static void deadline_moved(sonar_gatherer *g, int64_t deadline_ms)
+{
+    pthread_mutex_lock(&g->mu);
+    if (deadline_ms < g->next_deadline_ms) {
+        g->next_deadline_ms = deadline_ms;
+        pthread_cond_signal(&g->deadline_cond);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Under ga->mu, when every expected answer is in: ends the gather, unless
+ * its claim is open (the end waits for the claim's answer, at most
+ * SONAR_GATHER_CLAIM_WAIT_MS) or was lost (the end waits for the winner's
+ * report, see end_running()). */
+static waiter *end_or_hold_locked(sonar_gatherer *g, sonar_gather *ga)
+{
+    int claim = atomic_load(&ga->claim);
+    if (claim != CLAIM_PENDING && claim != CLAIM_LOST)
+        return end_locked(ga);
+    if (!ga->held && claim == CLAIM_PENDING) {
+        int64_t by = sonar_now_ms() + SONAR_GATHER_CLAIM_WAIT_MS;
+        if (by < atomic_load(&ga->deadline_ms)) {
+            atomic_store(&ga->deadline_ms, by);
+            deadline_moved(g, by); /* g->mu inside ga->mu: never the other way round */
+        }
+    }
+    ga->held = true;
+    return NULL;
+}
+
+void sonar_gatherer_set_claimer(sonar_gatherer *g, sonar_gather_claim_fn fn, void *closure)
+{
+    g->claim_fn = fn;
+    g->claim_closure = closure;
+}
+
+void sonar_gatherer_claimed(sonar_gatherer *g, const char *change_id, bool won)
+{
+    sonar_gather *ga = NULL;
+    if (sonar_gatherer_join(g, change_id, &ga) != SONAR_OK)
+        return; /* ended meanwhile */
+    waiter *enders = NULL;
+    pthread_mutex_lock(&ga->mu);
+    if (!ga->done && atomic_load(&ga->claim) == CLAIM_PENDING) {
+        atomic_store(&ga->claim, won ? CLAIM_WON : CLAIM_LOST);
+        if (won && ga->held)
+            enders = end_locked(ga);
+    }
+    pthread_mutex_unlock(&ga->mu);
+    run_enders(ga, enders);
+    gather_unref(ga);
+}
+
+bool sonar_gatherer_adopt(sonar_gatherer *g, const char *change_id, const char *report,
+                          size_t len, sonar_outcome verdict)
+{
+    sonar_gather *ga = NULL;
+    if (sonar_gatherer_join(g, change_id, &ga) != SONAR_OK)
+        return false;
+    waiter *enders = NULL;
+    pthread_mutex_lock(&ga->mu);
+    bool adopt = !ga->done && (ga->adopt_json = strndup(report, len)) != NULL;
+    if (adopt) {
+        ga->adopt_verdict = verdict;
+        enders = end_locked(ga);
+    }
+    pthread_mutex_unlock(&ga->mu);
+    run_enders(ga, enders);
+    gather_unref(ga);
+    return adopt;
+}
+
+bool sonar_gather_adopted(const sonar_gather *ga)
+{
+    return ga->adopted;
 }
 
 /* Runs (and frees) the on_end of waiters end_locked() returned; not under ga->mu. */
@@ -768,8 +878,16 @@ static bool end_running(sonar_gatherer *g, bool cancel)
     pthread_mutex_lock(&g->mu);
     for (size_t b = 0; b < BUCKETS; b++) {
         for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
-            if (atomic_load(&ga->done) || (!cancel && ga->deadline_ms > now))
+            if (atomic_load(&ga->done) || (!cancel && atomic_load(&ga->deadline_ms) > now))
                 continue;
+            /* Lost its claim: the winner's report ends it (adopted); only if
+             * none came by the deadline plus a grace, the winner is presumed
+             * gone and this gather reports itself. */
+            if (!cancel && atomic_load(&ga->claim) == CLAIM_LOST && !ga->grace_given) {
+                ga->grace_given = true;
+                atomic_store(&ga->deadline_ms, now + SONAR_GATHER_CLAIM_GRACE_MS);
+                continue;
+            }
             if (n == cap) {
                 size_t c = cap ? 2 * cap : 16;
                 sonar_gather **v = realloc(due, c * sizeof *v);
@@ -810,8 +928,8 @@ static void *deadline_main(void *arg)
         int64_t next = INT64_MAX;
         for (size_t b = 0; b < BUCKETS; b++)
             for (sonar_gather *ga = g->table[b]; ga; ga = ga->next)
-                if (!atomic_load(&ga->done) && ga->deadline_ms < next)
-                    next = ga->deadline_ms;
+                if (!atomic_load(&ga->done) && atomic_load(&ga->deadline_ms) < next)
+                    next = atomic_load(&ga->deadline_ms);
         g->next_deadline_ms = next;
         if (next > sonar_now_ms()) {
             if (next == INT64_MAX)

@@ -126,6 +126,55 @@ void sonar_gatherer_cancel_all(sonar_gatherer *g);
 /** \brief Number of gathers running (begun and not finished). */
 size_t sonar_gatherer_running(sonar_gatherer *g);
 
+/** With claims: how long a gather whose answers are all in waits for its
+ *  claim's answer before it reports as if it had won. */
+#define SONAR_GATHER_CLAIM_WAIT_MS 2000
+/** A gather that lost its claim waits this long past its deadline for the
+ *  winner's report before it reports itself (the winner is presumed gone). */
+#define SONAR_GATHER_CLAIM_GRACE_MS 2000
+
+/**
+ * Claims a change id for this coordinator (e.g. a JetStream publish that
+ * only the first of several coordinators can make), asynchronously: called
+ * right after the scatter; the answer comes by sonar_gatherer_claimed().
+ * Returns false when no claim was made (e.g. no other coordinator): the
+ * gather is then this coordinator's. Quick; runs on the thread that begins
+ * the gather (a NATS thread).
+ */
+typedef bool (*sonar_gather_claim_fn)(void *closure, const char *change_id);
+
+/**
+ * \brief With several coordinators, two announcements of one new change id
+ *        may reach two of them at the same moment and start two gathers.
+ *        With a claimer set, every gather begun claims its change id; one
+ *        whose answers are all in waits for the claim's answer before it
+ *        ends. The winner reports as usual; the loser ends with the
+ *        winner's report (sonar_gatherer_adopt()), or -- if none came by
+ *        its deadline plus SONAR_GATHER_CLAIM_GRACE_MS -- with its own.
+ *        Set before the first gather; \p fn NULL: no claims.
+ */
+void sonar_gatherer_set_claimer(sonar_gatherer *g, sonar_gather_claim_fn fn, void *closure);
+
+/**
+ * \brief The answer to the claim of \p change_id: \p won, or another
+ *        coordinator claimed it first. Quick: may end the gather (and reply)
+ *        on the caller's thread. Unknown or ended gathers are ignored.
+ */
+void sonar_gatherer_claimed(sonar_gatherer *g, const char *change_id, bool won);
+
+/**
+ * \brief Another coordinator's report of \p change_id (\p report, \p len
+ *        bytes, already validated): a gather of that change still running
+ *        here ends with it -- its requests get that report, and it is not
+ *        stored or published as this coordinator's (sonar_gather_adopted()).
+ * \return true when a running gather adopted it.
+ */
+bool sonar_gatherer_adopt(sonar_gatherer *g, const char *change_id, const char *report,
+                          size_t len, sonar_outcome verdict);
+
+/** \brief Whether \p ga ended with another coordinator's report (valid once ended). */
+bool sonar_gather_adopted(const sonar_gather *ga);
+
 /**
  * \brief Publishes the `sonar.gather.<id>` announcement of every gather
  *        still collecting again, with `timeout_ms` the time it has left and

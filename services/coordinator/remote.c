@@ -141,6 +141,16 @@ bool sonar_remote_wait(sonar_remote *r, const char *change_id, char **out_report
     return got;
 }
 
+bool sonar_remote_gone(sonar_remote *r, const char *change_id)
+{
+    pthread_mutex_lock(&r->mu);
+    entry *e = find(r, change_id);
+    bool gone = e != NULL && e->report == NULL &&
+                sonar_now_ms() >= e->deadline_ms + SONAR_REMOTE_GRACE_MS;
+    pthread_mutex_unlock(&r->mu);
+    return gone;
+}
+
 size_t sonar_remote_count(sonar_remote *r)
 {
     pthread_mutex_lock(&r->mu);

@@ -68,6 +68,13 @@ void sonar_remote_report(sonar_remote *r, const char *change_id, const char *rep
  */
 bool sonar_remote_wait(sonar_remote *r, const char *change_id, char **out_report);
 
+/**
+ * \brief Whether another coordinator's gather of \p change_id is known and
+ *        its report did not come by its deadline plus SONAR_REMOTE_GRACE_MS:
+ *        that coordinator is presumed gone.
+ */
+bool sonar_remote_gone(sonar_remote *r, const char *change_id);
+
 /** \brief How many gathers of other coordinators are remembered now. */
 size_t sonar_remote_count(sonar_remote *r);
 
