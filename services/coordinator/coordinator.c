@@ -18,6 +18,7 @@
 #include "sonar/service.h"
 #include "sonar/util.h"
 #include "catchup.h"
+#include "claims.h"
 #include "store.h"
 
 /* Header on reports this coordinator publishes, so it does not store them twice. */
@@ -30,11 +31,6 @@
 /* The catch-up waits for the writer after this many replayed reports. */
 #define CATCHUP_SYNC_EVERY 256
 
-/* Claims of change ids: a stream of their own, in memory, kept longer than
- * any gather and its retries. */
-#define CLAIMS_STREAM "SONAR_CLAIMS"
-#define CLAIM_PREFIX "sonar.claim."
-#define CLAIMS_MAX_AGE_MS (60LL * 60 * 1000)
 /* A coordinator heard from (registration, gather) counts as present this long. */
 #define PEER_PRESENT_MS 15000
 
@@ -58,12 +54,11 @@ struct sonar_coordinator {
     bool have_stream;        /* SONAR_EVENTS exists (the server has JetStream) */
     sonar_catchup *catchup;  /* reports missed while down or disconnected; NULL without */
     int replayed_unsynced;   /* catch-up thread only: reports queued since its last sync */
-    /* Claims (gather.h, sonar_gatherer_set_claimer()): asynchronous JetStream
-     * publishes on sonar.claim.<id> into SONAR_CLAIMS that only the first
-     * coordinator can make; only while another coordinator is known. */
-    jsCtx *claims;                /* NULL without JetStream */
+    /* Claims (claims.h, sonar_gatherer_set_claimer()), made only while
+     * another coordinator is known. */
+    sonar_claims *claims;         /* NULL without JetStream */
     _Atomic int64_t peer_until_ms; /* another coordinator was heard from; monotonic */
-    atomic_llong claims_made, claims_lost, reports_adopted;
+    atomic_llong reports_adopted;
     /* Every change id that was gathered, stored or received since start, and
      * every stored one: an id not in it has no stored report, so its gather
      * starts on the NATS thread without asking SQLite. Bits are never
@@ -141,8 +136,7 @@ static void peer_heard(sonar_coordinator *c, int64_t for_ms)
 }
 
 /* sonar_gather_claim_fn: claims change_id when another coordinator is
- * around (alone, every gather is ours: no claim, no cost). The publish
- * expects no message on sonar.claim.<id> yet, so only the first succeeds. */
+ * around (alone, every gather is ours: no claim, no cost). */
 static bool claim_change(void *closure, const char *change_id)
 {
     sonar_coordinator *c = closure;
@@ -152,69 +146,7 @@ static bool claim_change(void *closure, const char *change_id)
      * gone: its claim stands, and would only make this gather wait again. */
     if (sonar_remote_gone(c->remote, change_id))
         return false;
-    char subject[sizeof CLAIM_PREFIX + SONAR_NAME_MAX];
-    snprintf(subject, sizeof subject, CLAIM_PREFIX "%s", change_id);
-    const char *me = sonar_service_instance(c->svc);
-    natsMsg *m = NULL;
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.ExpectNoMessage = true;
-    natsStatus ns = natsMsg_Create(&m, subject, NULL, me, (int)strlen(me));
-    if (ns == NATS_OK)
-        ns = js_PublishMsgAsync(c->claims, &m, &po); /* takes m on success */
-    natsMsg_Destroy(m);
-    if (ns != NATS_OK) {
-        sonar_log(SONAR_LOG_DEBUG, "change %s: claim not sent (%s): gathered as ours",
-                  change_id, natsStatus_GetText(ns));
-        return false;
-    }
-    atomic_fetch_add(&c->claims_made, 1);
-    return true;
-}
-
-/* The answer to a claim (nats.c's acknowledgement thread): stored means
- * won; "wrong last sequence" means another coordinator claimed first; any
- * other failure counts as won (better a second report than none). */
-static void on_claim_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
-{
-    (void)js;
-    (void)pa;
-    sonar_coordinator *c = closure;
-    const char *subject = natsMsg_GetSubject(msg);
-    if (subject == NULL || strncmp(subject, CLAIM_PREFIX, strlen(CLAIM_PREFIX)) != 0) {
-        natsMsg_Destroy(msg); /* ours to destroy, in every case */
-        return;
-    }
-    const char *change_id = subject + strlen(CLAIM_PREFIX);
-    bool lost = pae != NULL && pae->ErrCode == JSStreamWrongLastSequenceErr;
-    if (pae != NULL && !lost)
-        sonar_log(SONAR_LOG_WARN, "change %s: claim failed (%s): gathered as ours", change_id,
-                  pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
-    if (lost)
-        atomic_fetch_add(&c->claims_lost, 1);
-    sonar_gatherer_claimed(c->gatherer, change_id, !lost);
-    natsMsg_Destroy(msg);
-}
-
-/* Opens the claims (their stream and an asynchronous JetStream context);
- * without them every gather is this coordinator's. */
-static void start_claims(sonar_coordinator *c)
-{
-    const char *subjects[] = {CLAIM_PREFIX "*", NULL};
-    sonar_stream_config sc = {.name = CLAIMS_STREAM, .subjects = subjects, .memory = true,
-                              .max_age_ms = CLAIMS_MAX_AGE_MS};
-    if (sonar_stream_ensure(c->nc, &sc) != SONAR_OK) {
-        sonar_log(SONAR_LOG_WARN, "no %s stream (%s): with several coordinators, two "
-                  "announcements of one change at the same moment can give two reports",
-                  CLAIMS_STREAM, sonar_last_error());
-        return;
-    }
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.PublishAsync.AckHandler = on_claim_ack;
-    jo.PublishAsync.AckHandlerClosure = c;
-    if (natsConnection_JetStream(&c->claims, c->nc, &jo) != NATS_OK)
-        c->claims = NULL;
+    return sonar_claims_send(c->claims, change_id, sonar_service_instance(c->svc));
 }
 
 /* ---- plain subscriptions (NATS threads: decode and memory only) -------- */
@@ -602,11 +534,13 @@ static json_t *change_stats(void *closure)
     }
     json_object_set_new(data, "catchup", cu);
     /* Claims (several coordinators): made, lost to another, reports adopted. */
+    int64_t made = 0, lost = 0;
+    if (c->claims != NULL)
+        sonar_claims_counts(c->claims, &made, &lost);
     json_object_set_new(data, "claims",
                         json_pack("{s:b, s:I, s:I, s:I}", "peers",
                                   sonar_now_ms() < atomic_load(&c->peer_until_ms), "made",
-                                  (json_int_t)atomic_load(&c->claims_made), "lost",
-                                  (json_int_t)atomic_load(&c->claims_lost), "adopted",
+                                  (json_int_t)made, "lost", (json_int_t)lost, "adopted",
                                   (json_int_t)atomic_load(&c->reports_adopted)));
     return data;
 }
@@ -978,9 +912,12 @@ sonar_status sonar_coordinator_start(sonar_coordinator **out, sonar_bus *bus,
     if (s == SONAR_OK)
         s = sonar_gatherer_create(&c->gatherer, c->nc, c->reg, SONARD_NAME);
     if (s == SONAR_OK && c->have_stream) {
-        start_claims(c);
-        if (c->claims != NULL)
+        if (sonar_claims_open(&c->claims, c->nc, c->gatherer) == SONAR_OK)
             sonar_gatherer_set_claimer(c->gatherer, claim_change, c);
+        else
+            sonar_log(SONAR_LOG_WARN, "no claims (%s): with several coordinators, two "
+                      "announcements of one change at the same moment can give two reports",
+                      sonar_last_error());
     }
     if (s == SONAR_OK)
         s = sonar_remote_create(&c->remote);
@@ -1036,8 +973,8 @@ void sonar_coordinator_stop(sonar_coordinator *c)
     sonar_service_destroy(c->svc); /* waits for the change handlers to reply */
     sonard_metrics_destroy(c->metrics);
     sonar_outbox_destroy(c->outbox); /* unpublished reports stay for the next start */
+    sonar_claims_close(c->claims); /* no claim's answer reaches the gatherer after this */
     sonar_gatherer_destroy(c->gatherer);
-    jsCtx_Destroy(c->claims); /* after the gatherer: late answers found no gather */
     sonar_remote_destroy(c->remote);
     sonar_store_close(c->store);
     sonar_registry_destroy(c->reg);
