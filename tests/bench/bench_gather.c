@@ -143,6 +143,40 @@ static int live_services(void)
     return live;
 }
 
+/* With BENCH_COORDINATORS=2: how many sonards answer $SRV.STATS saying they
+ * see `live` live services and know another coordinator (so they claim). */
+static int coordinators_ready(int live)
+{
+    natsInbox *inbox = NULL;
+    natsSubscription *sub = NULL;
+    int ready = 0;
+    if (natsInbox_Create(&inbox) == NATS_OK &&
+        natsConnection_SubscribeSync(&sub, client, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(client, "$SRV.STATS.sonard", inbox, "") == NATS_OK) {
+        natsMsg *m = NULL;
+        while (natsSubscription_NextMsg(&m, sub, 300) == NATS_OK) {
+            json_t *doc = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0,
+                                     NULL);
+            size_t i;
+            json_t *ep;
+            json_array_foreach(json_object_get(doc, "endpoints"), i, ep) {
+                json_t *data = json_object_get(ep, "data");
+                json_t *seen = json_object_get(json_object_get(data, "services"), "live");
+                json_t *peers = json_object_get(json_object_get(data, "claims"), "peers");
+                /* (a sonard without claims -- an older build, for A/B -- has no peers field) */
+                if (json_is_integer(seen) && json_integer_value(seen) == live &&
+                    (json_is_true(peers) || peers == NULL))
+                    ready++;
+            }
+            json_decref(doc);
+            natsMsg_Destroy(m);
+        }
+    }
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    return ready;
+}
+
 /* ---- raw scatter-gather ---------------------------------------------------- */
 
 typedef struct gather {
@@ -294,14 +328,25 @@ int main(int argc, char **argv)
     char db[400], log[400];
     snprintf(db, sizeof db, "%s/sonard.db", dir);
     snprintf(log, sizeof log, "%s/sonard.log", dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execl(bin, bin, "--server", nd.url, "--db", db, (char *)NULL);
-        _exit(127);
+    /* BENCH_COORDINATORS=2: a second sonard beside the first; the announcements
+     * are shared between them and every gather claims its change id. */
+    bool two = getenv("BENCH_COORDINATORS") != NULL && atoi(getenv("BENCH_COORDINATORS")) == 2;
+    pid_t pid = 0, pid2 = 0;
+    for (int k = 0; k < (two ? 2 : 1); k++) {
+        if (k == 1)
+            snprintf(db, sizeof db, "%s/second.db", dir);
+        pid_t p = fork();
+        if (p == 0) {
+            int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            execl(bin, bin, "--server", nd.url, "--db", db, (char *)NULL);
+            _exit(127);
+        }
+        *(k == 0 ? &pid : &pid2) = p;
     }
+    if (two)
+        printf("two coordinators: announcements shared, every gather claimed\n");
     client = connect_one(false);
     echo_nc = connect_one(false); /* like sonard's: a delivery thread per subscription */
     natsSubscription *echo_sub = NULL;
@@ -346,6 +391,8 @@ int main(int argc, char **argv)
         grow_to(n);
         if (!TEST_WAIT_UNTIL(live_services() == n, 30000))
             die("sonard does not see every responder");
+        if (two && !TEST_WAIT_UNTIL(coordinators_ready(n) == 2, 30000))
+            die("the two coordinators do not both see every responder and each other");
         run_no = s;
         /* Many iterations where they are cheap: medians of a few hundred
          * sub-millisecond gathers move by several percent between runs here. */
@@ -383,6 +430,10 @@ int main(int argc, char **argv)
 
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
+    if (pid2 > 0) {
+        kill(pid2, SIGTERM);
+        waitpid(pid2, NULL, 0);
+    }
     for (int i = 0; i < n_resp; i++) {
         natsSubscription_Destroy(resp[i].sub);
         natsConnection_Destroy(resp[i].nc);
