@@ -17,7 +17,12 @@
  * reply leaves as soon as everyone answered. At the deadline the
  * gatherer's deadline thread (`sonard-deadline`) does the same, with the
  * silent ones incomplete ("no answer by the deadline"). No thread waits for
- * a gather: a running gather holds no worker.
+ * a gather: a running gather holds no worker. With several coordinators a
+ * gather may also claim its change id and, having lost the claim, end with
+ * the winner's report instead (sonar_gatherer_set_claimer()).
+ *
+ * Lock order: the gatherer's lock may be taken while a gather's is held,
+ * never the other way round.
  *
  * Thread-safety: the tally is not thread-safe (the gatherer locks around
  * it). The gatherer and gathers may be used from any thread; every
