@@ -964,6 +964,30 @@ Test(coordinator, a_gather_that_lost_its_claim_adopts_the_winners_report_or_repo
     json_decref(rc.ids);
 }
 
+/* A claim that fails for another reason than "claimed already" (here: its
+ * stream was deleted) counts as won: the gather reports at once, without
+ * waiting out the claim. */
+Test(coordinator, a_failed_claim_counts_as_won)
+{
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    register_by_hand("sonard", 60000); /* "another coordinator": sonard claims */
+    cr_assert(TEST_WAIT_UNTIL(change_data_range("claims", "peers").most == 1, 10000));
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    cr_assert_eq(js_DeleteStream(js, "SONAR_CLAIMS", NULL, NULL), NATS_OK);
+    jsCtx_Destroy(js);
+    json_t *r = announce("chillybin", "claim-fails", 10000);
+    cr_assert_str_eq(str(r, "type"), "sonar.report.v1");
+    cr_assert_str_eq(str(r, "verdict"), "pass");
+    cr_assert_lt(json_integer_value(json_object_get(r, "duration_ms")), 2000,
+                 "held for the claim's answer as if none came");
+    json_decref(r);
+    cr_assert_eq(change_data_range("claims", "made").most, 1);
+    cr_assert_eq(change_data_range("claims", "lost").most, 0);
+}
+
 /* The coordinator that gathers dies: a retry on the other one waits until
  * that gather's deadline (plus grace) and then gathers itself. */
 Test(coordinator, a_retry_gathers_anew_when_the_coordinator_that_gathered_died)
