@@ -28,6 +28,8 @@
  * reports published just before it may have been stored later here, and
  * the server's clock and ours differ a little. */
 #define SONARD_CATCHUP_BACK_MS 120000
+/* A read of stored reports waits at most this long for replied ones to be stored. */
+#define SONARD_SETTLE_MS 2000
 /* The catch-up waits for the writer after this many replayed reports. */
 #define CATCHUP_SYNC_EVERY 256
 
@@ -424,6 +426,17 @@ static const char *body_name(sonar_request *req, json_t *body, const char *field
     return v;
 }
 
+/* Reads of stored reports see every report already replied: the reply
+ * leaves before the report is stored (storing is background work), and a
+ * client may ask right after. Waits until those are stored (at most
+ * SONARD_SETTLE_MS; the read goes ahead anyway then). On a worker. */
+static void settle(sonar_coordinator *c)
+{
+    if (!sonar_gatherer_wait_settled(c->gatherer, SONARD_SETTLE_MS))
+        sonar_log(SONAR_LOG_WARN, "reports replied %d ms ago are not stored yet: the read may "
+                  "miss them", SONARD_SETTLE_MS);
+}
+
 static sonar_status api_report(sonar_request *req, void *closure)
 {
     sonar_coordinator *c = closure;
@@ -433,6 +446,7 @@ static sonar_status api_report(sonar_request *req, void *closure)
     const char *cid = body_name(req, body, "change_id");
     if (cid != NULL) {
         char *text = NULL;
+        settle(c);
         sonar_status s = sonar_store_get_report(c->store, cid, &text);
         if (s == SONAR_OK)
             sonar_request_respond(req, text, strlen(text));
@@ -466,6 +480,7 @@ static sonar_status api_history(sonar_request *req, void *closure)
         limit = json_integer_value(limit_v);
     }
     json_t *reports = NULL;
+    settle(c);
     if (sonar_store_history(c->store, service, (int)limit, &reports) != SONAR_OK) {
         sonar_request_respond_error(req, 500, "%s", sonar_last_error());
         goto out;

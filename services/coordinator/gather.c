@@ -299,6 +299,7 @@ struct sonar_gatherer {
     pthread_t deadline_thread;
     bool deadline_running, stopping;
     pthread_cond_t deadline_cond; /* CLOCK_MONOTONIC; under mu */
+    pthread_cond_t finished_cond; /* CLOCK_MONOTONIC; a gather left the table; under mu */
     int64_t next_deadline_ms;
     sonar_gather_claim_fn claim_fn; /* NULL: no claims (set before any gather) */
     void *claim_closure;
@@ -456,6 +457,7 @@ sonar_status sonar_gatherer_create(sonar_gatherer **out, natsConnection *nc,
     g->reg = reg;
     pthread_mutex_init(&g->mu, NULL);
     sonar_cond_init_monotonic(&g->deadline_cond);
+    sonar_cond_init_monotonic(&g->finished_cond);
     g->next_deadline_ms = INT64_MAX;
     if (pthread_create(&g->deadline_thread, NULL, deadline_main, g) != 0) {
         sonar_gatherer_destroy(g);
@@ -513,6 +515,7 @@ void sonar_gatherer_destroy(sonar_gatherer *g)
     pthread_mutex_unlock(&g->mu);
     free(g->self);
     pthread_cond_destroy(&g->deadline_cond);
+    pthread_cond_destroy(&g->finished_cond);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -807,6 +810,45 @@ static waiter *end_or_hold_locked(sonar_gatherer *g, sonar_gather *ga)
     return NULL;
 }
 
+/* Whether ga is in g's table (under g->mu). */
+static bool in_table(sonar_gatherer *g, const sonar_gather *ga)
+{
+    for (const sonar_gather *x = g->table[hash(ga->change_id)]; x; x = x->next)
+        if (x == ga)
+            return true;
+    return false;
+}
+
+bool sonar_gatherer_wait_settled(sonar_gatherer *g, int64_t timeout_ms)
+{
+    /* Only the gathers ended by now: under a steady stream of changes there
+     * is always one ending, and waiting for "none" could last for ever. */
+    enum { MAX_WATCHED = 256 };
+    sonar_gather *watched[MAX_WATCHED];
+    size_t n = 0;
+    int64_t until = sonar_now_ms() + timeout_ms;
+    pthread_mutex_lock(&g->mu);
+    for (size_t b = 0; b < BUCKETS && n < MAX_WATCHED; b++)
+        for (sonar_gather *ga = g->table[b]; ga && n < MAX_WATCHED; ga = ga->next)
+            if (atomic_load(&ga->done)) {
+                atomic_fetch_add(&ga->refs, 1);
+                watched[n++] = ga;
+            }
+    bool settled = false;
+    for (;;) {
+        settled = true;
+        for (size_t i = 0; i < n && settled; i++)
+            settled = !in_table(g, watched[i]);
+        if (settled || sonar_now_ms() >= until)
+            break;
+        sonar_cond_wait_until(&g->finished_cond, &g->mu, until);
+    }
+    pthread_mutex_unlock(&g->mu);
+    for (size_t i = 0; i < n; i++)
+        gather_unref(watched[i]);
+    return settled;
+}
+
 void sonar_gatherer_set_claimer(sonar_gatherer *g, sonar_gather_claim_fn fn, void *closure)
 {
     g->claim_fn = fn;
@@ -981,6 +1023,7 @@ void sonar_gatherer_finish(sonar_gatherer *g, sonar_gather *ga)
     if (in_table) {
         *pp = ga->next;
         g->running--;
+        pthread_cond_broadcast(&g->finished_cond);
     }
     pthread_mutex_unlock(&g->mu);
     if (in_table)

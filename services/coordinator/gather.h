@@ -128,6 +128,17 @@ void sonar_gatherer_destroy(sonar_gatherer *g);
  */
 void sonar_gatherer_cancel_all(sonar_gatherer *g);
 
+/**
+ * \brief Waits (at most \p timeout_ms) until every gather that had ended
+ *        when called has left the table, i.e. until every report already
+ *        replied was handed back with sonar_gatherer_finish() (sonard: once
+ *        stored). A read of stored reports after this sees every report a
+ *        client could have received before asking. Gathers ending later are
+ *        not waited for. Blocks: workers only.
+ * \return false when the timeout passed first.
+ */
+bool sonar_gatherer_wait_settled(sonar_gatherer *g, int64_t timeout_ms);
+
 /** \brief Number of gathers running (begun and not finished). */
 size_t sonar_gatherer_running(sonar_gatherer *g);
 

@@ -1318,6 +1318,32 @@ Test(coordinator, more_running_gathers_than_workers_block_neither_the_api_nor_de
     natsSubscription_Destroy(replies);
 }
 
+/* The reply leaves before the report is stored (storing is background
+ * work); a read right after the reply still finds it, by id and in the
+ * history. Thirty times, with the store writer busy with the others. */
+Test(coordinator, a_report_is_readable_as_soon_as_it_was_replied)
+{
+    const char *names[] = {"alpha"};
+    start_service("alpha", "chillybin", "pass", "ok", NULL);
+    cr_assert(TEST_WAIT_UNTIL(all_live(names, 1), 10000));
+    for (int i = 0; i < 30; i++) {
+        char cid[32], body[96];
+        snprintf(cid, sizeof cid, "read-%d", i);
+        json_t *replied = announce("chillybin", cid, 5000);
+        cr_assert_str_eq(str(replied, "type"), "sonar.report.v1");
+        snprintf(body, sizeof body, "{\"change_id\":\"%s\"}", cid);
+        json_t *stored = request("sonar.api.report", body, 5000);
+        cr_assert(json_equal(stored, replied), "%s: %s", cid, stored ? json_dumps(stored, 0) : "-");
+        json_decref(stored);
+        json_t *hist = request("sonar.api.history", "{\"service\":\"chillybin\",\"limit\":1}",
+                               5000);
+        json_t *newest = json_array_get(json_object_get(hist, "reports"), 0);
+        cr_assert_str_eq(str(newest, "change_id"), cid, "history lacks %s", cid);
+        json_decref(hist);
+        json_decref(replied);
+    }
+}
+
 Test(coordinator, an_instance_expires_after_three_missed_heartbeats)
 {
     /* t0 before the heartbeat is sent: sonard sees it no earlier, so the
