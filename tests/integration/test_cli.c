@@ -785,7 +785,7 @@ Test(cli, watch_replays_the_reports_it_missed_while_the_bus_was_lost, .init = se
     cr_assert(test_proc_wait_output(&proc, "\"event\":\"disconnected\"", 10000), "%s",
               proc.out);
     /* Frozen, the watcher cannot reconnect before the report is stored. */
-    test_proc_signal(&proc, SIGSTOP);
+    cr_assert(test_pid_freeze(proc.pid, 10000), "the watcher did not stop");
     cr_assert(test_natsd_restart(&natsd));
     cr_assert(TEST_WAIT_UNTIL(natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED, 10000));
     store_report("in-the-gap");

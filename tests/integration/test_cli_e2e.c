@@ -220,7 +220,7 @@ Test(cli_e2e, frozen_dependent_makes_announce_incomplete_exit_2, .init = setup,
     pid_t frozen = start_service("frozen", "chillybin", "pass", "ok");
     wait_live("orders");
     wait_live("frozen");
-    kill(frozen, SIGSTOP);
+    cr_assert(test_pid_freeze(frozen, 10000), "the dependent did not stop");
     const char *args[] = {"announce", "chillybin", "--address", "http://127.0.0.1:9",
                           "--version", "2.0.0", "--timeout", "1s", NULL};
     int rc = cli(args);

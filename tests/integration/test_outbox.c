@@ -222,7 +222,7 @@ Test(outbox, nats_server_killed_with_a_full_window_unanswered_loses_and_doubles_
                                   exited(pid, &status),
                               30000));
     cr_assert(!exited(pid, &status), "the producer finished before the freeze");
-    kill(natsd.pid, SIGSTOP);
+    cr_assert(test_pid_freeze(natsd.pid, 10000), "nats-server did not stop");
     /* Rows pile up behind the full window: more pending than it holds. */
     bool piled = TEST_WAIT_UNTIL(
         tu_db_int(db_path, "SELECT count(*) FROM sonar_outbox WHERE subject <> ''", 0) >= 1000 ||

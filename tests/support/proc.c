@@ -256,6 +256,49 @@ void test_proc_signal(test_proc *p, int sig)
         kill(p->pid, sig);
 }
 
+bool test_pid_stopped(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return false;
+    bool all = true, any = false;
+    struct dirent *e;
+    while (all && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[400], buf[512];
+        snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue; /* the thread ended meanwhile */
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* "tid (comm) S ...": the state follows the last ')' */
+        const char *close = strrchr(buf, ')');
+        char state = close && close[1] == ' ' ? close[2] : '?';
+        any = true;
+        all = state == 'T' || state == 't';
+    }
+    closedir(d);
+    return any && all;
+}
+
+bool test_pid_freeze(pid_t pid, int timeout_ms)
+{
+    if (kill(pid, SIGSTOP) != 0)
+        return false;
+    int64_t until = test_now_ms() + timeout_ms;
+    while (!test_pid_stopped(pid)) {
+        if (test_now_ms() > until)
+            return false;
+        test_pause_briefly();
+    }
+    return true;
+}
+
 /* Reads the rest of the output of a reaped child. */
 static void drain_rest(test_proc *p)
 {

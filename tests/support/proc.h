@@ -54,6 +54,15 @@ void test_proc_pump(test_proc *p, int timeout_ms);
 bool test_proc_wait_output(test_proc *p, const char *text, int timeout_ms);
 /* Sends a signal (nothing once reaped). */
 void test_proc_signal(test_proc *p, int sig);
+
+/* Whether every thread of process `pid` is stopped (SIGSTOP took effect). */
+bool test_pid_stopped(pid_t pid);
+/* Sends SIGSTOP and waits (at most timeout_ms) until every thread of `pid`
+ * has stopped: kill() returns before that, and under load the threads of a
+ * multithreaded process can go on running for milliseconds (the stop is
+ * carried out by the thread that takes the signal, once it gets the CPU).
+ * True when stopped. */
+bool test_pid_freeze(pid_t pid, int timeout_ms);
 /* Waits up to timeout_ms for exit, reading its output meanwhile; true if it
  * exited (then all its output is in p->out/p->err). */
 bool test_proc_wait(test_proc *p, int timeout_ms);
