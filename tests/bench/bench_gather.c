@@ -51,9 +51,18 @@ static int n_resp;
 static natsConnection *client;
 static natsConnection *echo_nc; /* answers bench.echo at once */
 
+static pid_t sonards[2]; /* started, for die() to stop */
+
 static void die(const char *what)
 {
     fprintf(stderr, "bench_gather: %s\n", what);
+    /* Nothing left running behind: a later test could meet it on a reused port. */
+    for (int i = 0; i < 2; i++)
+        if (sonards[i] > 0) {
+            kill(sonards[i], SIGKILL);
+            waitpid(sonards[i], NULL, 0);
+        }
+    test_natsd_destroy(&nd);
     exit(1);
 }
 
@@ -344,6 +353,7 @@ int main(int argc, char **argv)
             _exit(127);
         }
         *(k == 0 ? &pid : &pid2) = p;
+        sonards[k] = p;
     }
     if (two)
         printf("two coordinators: announcements shared, every gather claimed\n");
