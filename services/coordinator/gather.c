@@ -368,6 +368,16 @@ static bool split_result_subject(const char *subject, char *buf, size_t buflen,
 
 static waiter *end_locked(sonar_gather *ga);
 static waiter *end_or_hold_locked(sonar_gatherer *g, sonar_gather *ga);
+
+/* Under g->mu: wakes the deadline thread when deadline_ms is earlier than
+ * the one it sleeps until (a later one needs no wake-up). */
+static void deadline_earlier_locked(sonar_gatherer *g, int64_t deadline_ms)
+{
+    if (deadline_ms < g->next_deadline_ms) {
+        g->next_deadline_ms = deadline_ms;
+        pthread_cond_signal(&g->deadline_cond);
+    }
+}
 static void run_enders(sonar_gather *ga, waiter *list);
 static bool end_running(sonar_gatherer *g, bool cancel);
 static void *deadline_main(void *arg);
@@ -581,50 +591,46 @@ static char *gather_announcement(const sonar_tally *t, int64_t timeout_ms, bool 
     return text;
 }
 
+/* An announcement built under the gatherer's lock, published after it. */
+typedef struct announcement {
+    struct announcement *next;
+    char *subject, *text;
+} announcement;
+
 size_t sonar_gatherer_reannounce(sonar_gatherer *g)
 {
-    /* Texts built under the lock (the tallies' change and expected set do
-     * not change once made), published after it. */
-    size_t n = 0, cap = 0;
-    char **subjects = NULL, **texts = NULL;
+    /* The tallies' change and expected set do not change once made. */
+    announcement *list = NULL;
     int64_t now = sonar_now_ms();
     pthread_mutex_lock(&g->mu);
     for (size_t b = 0; b < BUCKETS; b++) {
         for (sonar_gather *ga = g->table[b]; ga; ga = ga->next) {
             int64_t left = atomic_load(&ga->deadline_ms) - now;
-            if (atomic_load(&ga->done) || left <= 0)
+            announcement *a = atomic_load(&ga->done) || left <= 0 ? NULL : calloc(1, sizeof *a);
+            if (a == NULL)
                 continue;
-            if (n == cap) {
-                size_t ncap = cap ? 2 * cap : 8;
-                char **ns = realloc(subjects, ncap * sizeof *ns);
-                if (ns != NULL)
-                    subjects = ns;
-                char **nt = ns ? realloc(texts, ncap * sizeof *nt) : NULL;
-                if (nt == NULL)
-                    break;
-                texts = nt;
-                cap = ncap;
-            }
-            texts[n] = gather_announcement(ga->tally, left, true);
-            subjects[n] = NULL;
-            if (texts[n] == NULL ||
-                sonar_subject(&subjects[n], "sonar.gather.", ga->change_id, NULL) != SONAR_OK) {
-                free(texts[n]);
+            a->text = gather_announcement(ga->tally, left, true);
+            if (a->text == NULL ||
+                sonar_subject(&a->subject, "sonar.gather.", ga->change_id, NULL) != SONAR_OK) {
+                free(a->text);
+                free(a);
                 continue;
             }
-            n++;
+            a->next = list;
+            list = a;
         }
     }
     pthread_mutex_unlock(&g->mu);
     size_t sent = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (natsConnection_PublishString(g->nc, subjects[i], texts[i]) == NATS_OK)
+    while (list != NULL) {
+        announcement *a = list;
+        list = a->next;
+        if (natsConnection_PublishString(g->nc, a->subject, a->text) == NATS_OK)
             sent++;
-        free(subjects[i]);
-        free(texts[i]);
+        free(a->subject);
+        free(a->text);
+        free(a);
     }
-    free(subjects);
-    free(texts);
     return sent;
 }
 
@@ -696,10 +702,7 @@ sonar_status sonar_gatherer_begin(sonar_gatherer *g, const sonar_change_msg *cha
         ga->next = g->table[b];
         g->table[b] = ga;
         g->running++;
-        if (atomic_load(&ga->deadline_ms) < g->next_deadline_ms) {
-            g->next_deadline_ms = atomic_load(&ga->deadline_ms);
-            pthread_cond_signal(&g->deadline_cond);
-        }
+        deadline_earlier_locked(g, atomic_load(&ga->deadline_ms));
     }
     pthread_mutex_unlock(&g->mu);
     if (s != SONAR_OK)
@@ -783,10 +786,7 @@ static waiter *end_locked(sonar_gather *ga)
 static void deadline_moved(sonar_gatherer *g, int64_t deadline_ms)
 {
     pthread_mutex_lock(&g->mu);
-    if (deadline_ms < g->next_deadline_ms) {
-        g->next_deadline_ms = deadline_ms;
-        pthread_cond_signal(&g->deadline_cond);
-    }
+    deadline_earlier_locked(g, deadline_ms);
     pthread_mutex_unlock(&g->mu);
 }
 
